@@ -1,0 +1,56 @@
+"""The seam between the shared model and a milestone's attention: `AttentionBackend.forward(q, k, v, layer_idx, metadata)`.
+
+The model computes q, k, v for a flat batch of tokens and hands them to the backend with the step's
+metadata. The backend owns everything about the KV cache: where new K/V are written, which past K/V
+each query reads, and how attention is computed (naive -> paged -> flash across the milestones).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class AttentionMetadata:
+    """What every backend receives for one forward pass; milestones subclass it with their own fields."""
+
+    num_tokens: int  # T, the length of the flat batch
+
+
+class AttentionBackend(ABC):
+    """Computes attention for one layer and keeps that layer's KV cache up to date."""
+
+    name: str = "base"
+
+    @abstractmethod
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_idx: int, metadata: AttentionMetadata
+    ) -> torch.Tensor:
+        """q: [T, n_heads, head_dim], k/v: [T, n_kv_heads, head_dim] (the new tokens) -> [T, n_heads, head_dim]."""
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_start: int) -> torch.Tensor:
+    """Attention of one sequence's new queries over all its keys, causal, with GQA.
+
+    q: [Tq, n_heads, d] at absolute positions q_start .. q_start+Tq-1; k, v: [Tk, n_kv_heads, d] at
+    positions 0 .. Tk-1 (so Tk = q_start + Tq). Query i sees keys 0 .. q_start+i. Returns [Tq, n_heads, d].
+    """
+    tq, tk = q.shape[0], k.shape[0]
+    q, k, v = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)  # [heads, T, d]
+    if tq == 1:
+        mask = None  # a single new query sees every key
+    elif q_start == 0 and tq == tk:
+        mask = None
+    else:
+        pos_q = torch.arange(q_start, q_start + tq, device=q.device)[:, None]
+        mask = pos_q >= torch.arange(tk, device=q.device)[None, :]  # [Tq, Tk], True = may attend
+    out = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=mask is None and tq > 1, scale=1.0 / math.sqrt(q.shape[-1]),
+        enable_gqa=q.shape[0] != k.shape[0],
+    )
+    return out.transpose(0, 1)  # [Tq, heads, d]

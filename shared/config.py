@@ -1,0 +1,165 @@
+"""Configuration dataclasses: the model's shape (read from an HF `config.json`) and the engine's options.
+
+Every dataclass validates itself in `__post_init__` and says what was wrong and what is allowed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The architecture hyper-parameters of a Qwen3 (or Qwen2) causal LM."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    max_position_embeddings: int
+    rope_theta: float = 1_000_000.0
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = True
+    qk_norm: bool = True  # Qwen3 normalises q and k per head; Qwen2 does not
+    attention_bias: bool = False  # Qwen2 has biases on q/k/v projections
+    eos_token_ids: tuple[int, ...] = ()
+    model_type: str = "qwen3"
+    torch_dtype: str = "bfloat16"  # the dtype the checkpoint was saved in
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                     "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                f"num_key_value_heads ({self.num_key_value_heads})"
+            )
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
+
+    @classmethod
+    def from_hf_dict(cls, cfg: dict, generation_cfg: dict | None = None) -> ModelConfig:
+        model_type = cfg.get("model_type", "qwen3")
+        if model_type not in ("qwen3", "qwen2"):
+            raise ValueError(f"unsupported model_type {model_type!r}: FoloVLLM runs 'qwen3' and 'qwen2' models")
+        # transformers 5 nests rope_theta in rope_parameters; older configs keep it at the top level
+        rope_theta = cfg.get("rope_parameters", {}).get("rope_theta", cfg.get("rope_theta", 1_000_000.0))
+        eos: list[int] = []
+        for source in (generation_cfg or {}, cfg):
+            ids = source.get("eos_token_id")
+            for i in ids if isinstance(ids, list) else [ids] if ids is not None else []:
+                if i not in eos:
+                    eos.append(i)
+        heads = cfg["num_attention_heads"]
+        return cls(
+            vocab_size=cfg["vocab_size"],
+            hidden_size=cfg["hidden_size"],
+            intermediate_size=cfg["intermediate_size"],
+            num_hidden_layers=cfg["num_hidden_layers"],
+            num_attention_heads=heads,
+            num_key_value_heads=cfg.get("num_key_value_heads", heads),
+            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
+            max_position_embeddings=cfg.get("max_position_embeddings", 32768),
+            rope_theta=float(rope_theta),
+            rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
+            tie_word_embeddings=cfg.get("tie_word_embeddings", False),
+            qk_norm=model_type == "qwen3",
+            attention_bias=cfg.get("attention_bias", model_type == "qwen2"),
+            eos_token_ids=tuple(eos),
+            model_type=model_type,
+            torch_dtype=str(cfg.get("dtype") or cfg.get("torch_dtype") or "bfloat16"),
+        )
+
+    @classmethod
+    def from_dir(cls, path: str | Path) -> ModelConfig:
+        path = Path(path)
+        gen = path / "generation_config.json"
+        return cls.from_hf_dict(
+            json.loads((path / "config.json").read_text()),
+            json.loads(gen.read_text()) if gen.exists() else None,
+        )
+
+    @property
+    def q_size(self) -> int:
+        return self.num_attention_heads * self.head_dim
+
+    @property
+    def kv_size(self) -> int:
+        return self.num_key_value_heads * self.head_dim
+
+    def num_parameters(self) -> int:
+        """Parameter count computed from the shape alone (a tied lm_head is counted once)."""
+        h, kv = self.hidden_size, self.kv_size
+        attn = h * self.q_size + 2 * h * kv + self.q_size * h
+        if self.attention_bias:
+            attn += self.q_size + 2 * kv
+        if self.qk_norm:
+            attn += 2 * self.head_dim
+        layer = attn + 3 * h * self.intermediate_size + 2 * h
+        embed = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
+        return embed + self.num_hidden_layers * layer + h
+
+    def kv_bytes_per_token(self, dtype: torch.dtype) -> int:
+        """Bytes of K and V cache one token occupies across all layers."""
+        return 2 * self.num_hidden_layers * self.kv_size * torch.finfo(dtype).bits // 8
+
+
+# Shapes by name (gpt-fast's `from_name`): the real Qwen3-0.6B and a small test shape, for random-weight checks.
+PRESETS: dict[str, dict] = {
+    "qwen3-0.6b": dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+                       num_attention_heads=16, num_key_value_heads=8, head_dim=128,
+                       max_position_embeddings=40960, rope_theta=1_000_000.0, tie_word_embeddings=True),
+    "qwen3-test": dict(vocab_size=512, hidden_size=96, intermediate_size=160, num_hidden_layers=3,
+                       num_attention_heads=6, num_key_value_heads=2, head_dim=32,
+                       max_position_embeddings=2048, rope_theta=10_000.0, tie_word_embeddings=False),
+}
+
+
+def preset_hf_config(name: str, **overrides):
+    """A `transformers.Qwen3Config` for a preset shape (used to build random-weight checkpoints)."""
+    from transformers import Qwen3Config
+
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return Qwen3Config(**{**PRESETS[name], **overrides})
+
+
+@dataclass
+class EngineConfig:
+    """Options every engine takes: `LLM(model=..., device=..., dtype=..., **options)`."""
+
+    model: str = "tiny-qwen3"
+    device: str = "auto"  # "auto" picks cuda when available, else cpu
+    dtype: str = "auto"  # "auto": float32 on cpu, bfloat16 on cuda
+    max_model_len: int | None = None  # default: the model's max_position_embeddings
+    seed: int = 0  # seeds the engine's generator, used by requests without their own seed
+    extra: dict = field(default_factory=dict)  # milestone options (scheduler, cache sizes, ...)
+
+    def __post_init__(self) -> None:
+        if self.device == "auto":
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device.split(":")[0] not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device {self.device!r} was asked for but CUDA is not available; use device='cpu'")
+        if self.dtype == "auto":
+            self.dtype = "bfloat16" if self.device.startswith("cuda") else "float32"
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {['auto', *DTYPES]}, got {self.dtype!r}")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]

@@ -1,0 +1,71 @@
+"""Turning user input into a Request: prompt normalisation and validation shared by every engine.
+
+Every check raises ValueError with what was wrong and what is allowed; an engine calls this in
+`add_request`, so a bad request fails on its own and never disturbs the requests already running.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from shared.request import Request
+from shared.sampling import SamplingParams
+from shared.tokenizer import Tokenizer
+
+Prompt = str | list[int]
+_request_ids = itertools.count()
+
+
+def normalize_prompts(prompts: Prompt | list[Prompt]) -> list[Prompt]:
+    """A string, a list of strings, a list of token ids, or a list of token-id lists -> a list of prompts."""
+    if isinstance(prompts, str):
+        return [prompts]
+    if isinstance(prompts, list) and prompts and all(isinstance(t, int) for t in prompts):
+        return [prompts]
+    if not isinstance(prompts, list | tuple):
+        raise ValueError(f"prompts must be a string, a list of strings or a list of token-id lists, got {type(prompts).__name__}")
+    if not prompts:
+        raise ValueError("prompts is empty: give at least one prompt")
+    return list(prompts)
+
+
+def normalize_params(params: SamplingParams | list[SamplingParams] | None, n: int) -> list[SamplingParams]:
+    if params is None:
+        return [SamplingParams() for _ in range(n)]
+    if isinstance(params, SamplingParams):
+        return [params] * n
+    params = list(params)
+    if len(params) != n:
+        raise ValueError(f"got {len(params)} SamplingParams for {n} prompts: give one, or one per prompt")
+    return params
+
+
+def make_request(prompt: Prompt, params: SamplingParams, tokenizer: Tokenizer, max_model_len: int,
+                 generator: torch.Generator, request_id: str | None = None) -> Request:
+    """Tokenize and validate one prompt and wrap it in a Request."""
+    if not isinstance(params, SamplingParams):
+        raise ValueError(f"sampling params must be a SamplingParams, got {type(params).__name__}")
+    if isinstance(prompt, str):
+        if not prompt:
+            raise ValueError("prompt is empty: give at least one character or token")
+        text, ids = prompt, tokenizer.encode(prompt)
+    elif isinstance(prompt, list | tuple) and all(isinstance(t, int) for t in prompt):
+        text, ids = None, list(prompt)
+        bad = [t for t in ids if not 0 <= t < tokenizer.vocab_size]
+        if bad:
+            raise ValueError(f"prompt token ids must be in [0, {tokenizer.vocab_size}), got {bad[:5]}")
+    else:
+        raise ValueError(f"a prompt must be a string or a list of token ids, got {type(prompt).__name__}")
+    if not ids:
+        raise ValueError("prompt is empty: give at least one character or token")
+    if len(ids) >= max_model_len:
+        raise ValueError(
+            f"prompt is {len(ids)} tokens but the model's context (max_model_len) is {max_model_len}: "
+            f"shorten it to at most {max_model_len - 1} tokens so that one can be generated"
+        )
+    if params.seed is not None:
+        generator = torch.Generator(device=generator.device).manual_seed(params.seed)
+    rid = request_id if request_id is not None else str(next(_request_ids))
+    return Request(rid, text, ids, params, tokenizer, generator)

@@ -1,0 +1,58 @@
+"""The offline front end every milestone shares: `LLM(model=..., **options).generate(prompts, params)`.
+
+A milestone's `LLM` is this class with its own `engine_class`; `generate` adds every prompt to the engine,
+steps it until nothing is left, and returns the outputs in prompt order, with a progress bar.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from shared.config import EngineConfig
+from shared.inputs import normalize_params, normalize_prompts
+from shared.outputs import RequestOutput
+from shared.sampling import SamplingParams
+
+
+class LLMBase:
+    engine_class: type  # the milestone's LLMEngine
+
+    def __init__(self, model: str = "tiny-qwen3", device: str = "auto", dtype: str = "auto",
+                 max_model_len: int | None = None, seed: int = 0, **options) -> None:
+        allowed = [p for p in inspect.signature(self.engine_class.__init__).parameters if p not in ("self", "config")]
+        unknown = sorted(set(options) - set(allowed))
+        if unknown:
+            raise ValueError(f"unknown option(s) {unknown} for {self.engine_class.__module__}; allowed: {allowed or 'none'}")
+        config = EngineConfig(model=model, device=device, dtype=dtype, max_model_len=max_model_len, seed=seed)
+        self.engine = self.engine_class(config, **options)
+        self.tokenizer = self.engine.tokenizer
+
+    def generate(self, prompts, sampling_params: SamplingParams | list[SamplingParams] | None = None,
+                 use_tqdm: bool = True) -> list[RequestOutput]:
+        prompts = normalize_prompts(prompts)
+        params = normalize_params(sampling_params, len(prompts))
+        ids: list[str] = []
+        try:
+            for prompt, sp in zip(prompts, params, strict=True):
+                ids.append(self.engine.add_request(prompt, sp))
+        except ValueError as err:  # one bad prompt fails the call before any work is done
+            for rid in ids:
+                self.engine.abort_request(rid)
+            raise ValueError(f"prompt {len(ids)}: {err}") from None
+        done: dict[str, RequestOutput] = {}
+        show = use_tqdm and len(prompts) > 1
+        with Progress(TextColumn("[bold]generating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      TextColumn("{task.fields[rate]}"), disable=not show, transient=False) as bar:
+            task = bar.add_task("generate", total=len(prompts), rate="")
+            start, out_tokens = time.perf_counter(), 0
+            while self.engine.has_unfinished_requests():
+                for out in self.engine.step():
+                    if out.finished:
+                        done[out.request_id] = out
+                        out_tokens += out.metrics.num_output_tokens
+                        rate = out_tokens / max(time.perf_counter() - start, 1e-9)
+                        bar.update(task, completed=len(done), rate=f"{rate:,.0f} output tok/s")
+        return [done[i] for i in ids]

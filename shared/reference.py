@@ -1,0 +1,87 @@
+"""HuggingFace transformers reference runs: the ground truth for parity tests, notebooks and benchmarks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from shared.config import DTYPES, ModelConfig
+from shared.loader import resolve_model
+
+
+def load_hf_model(model: str | Path, dtype: str = "float32", device: str = "cpu"):
+    """`transformers.AutoModelForCausalLM` for a bundled name, directory or hub id, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model(str(model))
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], attn_implementation="sdpa")
+    return hf.to(device).eval()
+
+
+def eos_ids(model: str | Path) -> tuple[int, ...]:
+    return ModelConfig.from_dir(resolve_model(str(model))).eos_token_ids
+
+
+@torch.inference_mode()
+def hf_greedy(hf_model, prompt_ids: list[list[int]], max_new_tokens: int, eos_token_ids: tuple[int, ...] = (),
+              ignore_eos: bool = False) -> list[list[int]]:
+    """HF `generate(do_sample=False)` one prompt at a time (no padding); new tokens only, cut after EOS."""
+    outs = []
+    device = next(hf_model.parameters()).device
+    for ids in prompt_ids:
+        x = torch.tensor([ids], device=device)
+        eos = None if ignore_eos or not eos_token_ids else list(eos_token_ids)
+        y = hf_model.generate(
+            x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=max_new_tokens,
+            min_new_tokens=max_new_tokens if ignore_eos else None, eos_token_id=eos,
+            pad_token_id=eos_token_ids[0] if eos_token_ids else 0, temperature=None, top_p=None, top_k=None,
+        )
+        new = y[0, len(ids):].tolist()
+        if eos:
+            for i, t in enumerate(new):
+                if t in eos:
+                    new = new[: i + 1]
+                    break
+        outs.append(new)
+    return outs
+
+
+@torch.inference_mode()
+def hf_logits(hf_model, ids: list[int]) -> torch.Tensor:
+    """Full-sequence logits [T, vocab] in float32."""
+    device = next(hf_model.parameters()).device
+    return hf_model(torch.tensor([ids], device=device)).logits[0].float()
+
+
+@torch.inference_mode()
+def our_logits(model, ids: list[int]) -> torch.Tensor:
+    """The shared model's full-sequence logits [T, vocab] for one prompt, with a cache-free causal backend."""
+    from shared.attention import AttentionBackend, AttentionMetadata, causal_attention
+
+    class _Prefill(AttentionBackend):
+        def forward(self, q, k, v, layer_idx, metadata):
+            return causal_attention(q, k, v, q_start=0)
+
+    device = next(model.parameters()).device
+    x = torch.tensor(ids, device=device)
+    hidden = model(x, torch.arange(len(ids), device=device), _Prefill(), AttentionMetadata(num_tokens=len(ids)))
+    return model.compute_logits(hidden)
+
+
+def random_checkpoint(preset: str, out_dir: Path, seed: int = 0, dtype: str = "float32", **overrides) -> Path:
+    """Save a random-weight Qwen3 of a preset shape (see shared.config.PRESETS) as an HF directory."""
+    from transformers import Qwen3ForCausalLM
+
+    from shared.config import preset_hf_config
+    from shared.loader import BUNDLED
+    from shared.tokenizer import Tokenizer
+
+    torch.manual_seed(seed)
+    cfg = preset_hf_config(preset, **overrides)
+    model = Qwen3ForCausalLM(cfg).to(DTYPES[dtype])
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir)
+    tok = Tokenizer(BUNDLED["tiny-qwen3"]).hf  # any byte-level tokenizer works: ids beyond its vocab are never decoded in tests
+    tok.save_pretrained(out_dir)
+    return out_dir

@@ -1,0 +1,89 @@
+"""Sampling parameters (validated) and the sampler: greedy, temperature, top-k, top-p, per-request seeds.
+
+The sampler is batched: one call turns logits [B, V] into B next tokens, each row with its own
+parameters. Randomness uses the exponential-race trick (argmax of p / E with E ~ Exp(1)), which samples
+exactly from p and lets every row draw its noise from its own `torch.Generator`, so a seeded request
+gives the same tokens whatever else is in the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class SamplingParams:
+    """How to pick tokens for one request. `temperature=0` means greedy."""
+
+    temperature: float = 1.0
+    top_k: int = 0  # 0 (or -1) keeps every token
+    top_p: float = 1.0  # keep the smallest set of tokens whose probability reaches top_p
+    max_tokens: int = 16
+    seed: int | None = None
+    ignore_eos: bool = False
+    stop: str | list[str] | None = None  # generation ends (finish_reason "stop") when the text contains one
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 means greedy), got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k == -1:
+            self.top_k = 0
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"top_k must be an integer >= 0 (0 or -1 disables it), got {self.top_k!r}")
+        if self.seed is not None and not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an integer or None, got {self.seed!r}")
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        if self.stop is not None and (not all(isinstance(s, str) and s for s in self.stop)):
+            raise ValueError(f"stop must be a non-empty string or a list of them, got {self.stop!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Mask (to -inf) every token outside each row's top-k and top-p set.
+
+    logits: [B, V] float; top_k: [B] long (0 = off); top_p: [B] float (1.0 = off). Exactly k tokens survive
+    top-k even with ties (ranks come from a sort, not from a threshold value).
+    """
+    sorted_logits, order = logits.sort(dim=-1, descending=True)  # [B, V]
+    vocab = logits.shape[-1]
+    rank = torch.arange(vocab, device=logits.device)[None, :]
+    k = torch.where(top_k > 0, top_k, vocab).clamp(max=vocab)[:, None]
+    drop = rank >= k
+    probs = sorted_logits.masked_fill(drop, float("-inf")).softmax(dim=-1)
+    # keep a token if the probability mass strictly before it is < top_p (so the top token always stays)
+    mass_before = probs.cumsum(dim=-1) - probs
+    drop |= mass_before >= top_p[:, None]
+    masked_sorted = sorted_logits.masked_fill(drop, float("-inf"))
+    return torch.empty_like(logits).scatter_(-1, order, masked_sorted)
+
+
+class Sampler:
+    """logits [B, V] + one SamplingParams and one generator per row -> next token ids [B]."""
+
+    def __call__(self, logits: torch.Tensor, params: list[SamplingParams],
+                 generators: list[torch.Generator]) -> torch.Tensor:
+        greedy_tokens = logits.argmax(dim=-1)
+        if all(p.greedy for p in params):
+            return greedy_tokens
+        device = logits.device
+        temps = torch.tensor([p.temperature if not p.greedy else 1.0 for p in params], device=device)
+        logits = logits / temps[:, None]
+        if any(p.top_k or p.top_p < 1.0 for p in params):
+            top_k = torch.tensor([p.top_k for p in params], device=device)
+            top_p = torch.tensor([p.top_p for p in params], device=device, dtype=logits.dtype)
+            logits = apply_top_k_top_p(logits, top_k, top_p)
+        probs = logits.softmax(dim=-1)
+        noise = torch.stack([torch.empty_like(probs[0]).exponential_(generator=g) for g in generators])
+        sampled = (probs / noise).argmax(dim=-1)
+        is_greedy = torch.tensor([p.greedy for p in params], device=device)
+        return torch.where(is_greedy, greedy_tokens, sampled)
