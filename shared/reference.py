@@ -27,16 +27,17 @@ def eos_ids(model: str | Path) -> tuple[int, ...]:
 def hf_greedy(hf_model, prompt_ids: list[list[int]], max_new_tokens: int, eos_token_ids: tuple[int, ...] = (),
               ignore_eos: bool = False) -> list[list[int]]:
     """HF `generate(do_sample=False)` one prompt at a time (no padding); new tokens only, cut after EOS."""
+    from transformers import GenerationConfig
+
+    eos = None if ignore_eos or not eos_token_ids else list(eos_token_ids)
+    # an explicit GenerationConfig: the checkpoint's own one would bring its EOS ids back when we ignore EOS
+    gen = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=eos,
+                           pad_token_id=eos_token_ids[0] if eos_token_ids else 0)
     outs = []
     device = next(hf_model.parameters()).device
     for ids in prompt_ids:
         x = torch.tensor([ids], device=device)
-        eos = None if ignore_eos or not eos_token_ids else list(eos_token_ids)
-        y = hf_model.generate(
-            x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=max_new_tokens,
-            min_new_tokens=max_new_tokens if ignore_eos else None, eos_token_id=eos,
-            pad_token_id=eos_token_ids[0] if eos_token_ids else 0, temperature=None, top_p=None, top_k=None,
-        )
+        y = hf_model.generate(x, attention_mask=torch.ones_like(x), generation_config=gen)
         new = y[0, len(ids):].tolist()
         if eos:
             for i, t in enumerate(new):
@@ -85,3 +86,24 @@ def random_checkpoint(preset: str, out_dir: Path, seed: int = 0, dtype: str = "f
     tok = Tokenizer(BUNDLED["tiny-qwen3"]).hf  # any byte-level tokenizer works: ids beyond its vocab are never decoded in tests
     tok.save_pretrained(out_dir)
     return out_dir
+
+
+LONG_PROMPT = "".join(
+    f"def handler_{i}(request, retries={i % 4}):\n    \"\"\"Handle request number {i}.\"\"\"\n    return request.get({i!r})\n\n"
+    for i in range(24)
+)  # about 700 tokens with the tiny tokenizer: a prompt of several hundred tokens
+
+
+def parity_prompts(tokenizer) -> list[str]:
+    """The prompts every parity check uses: plain code, prose, chat-templated, non-ASCII, and a long one."""
+    return [
+        "def fibonacci(n):",
+        "import os\nimport sys\n\n\ndef main(argv):\n",
+        'class Stack:\n    """A last-in, first-out container."""\n\n    def __init__(self):\n',
+        "The quick brown fox jumps over the lazy dog. Then",
+        "# Grüße aus Zürich — 世界 🚀 naïve café\ndef greet(name):\n",
+        tokenizer.apply_chat_template("Write a Python function `merge`: Merge two sorted lists into one."),
+        tokenizer.apply_chat_template("Return the number of lines in a file."),
+        "    for key, value in sorted(mapping.items()):\n        if",
+        LONG_PROMPT,
+    ]

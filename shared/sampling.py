@@ -67,6 +67,21 @@ def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Te
     return torch.empty_like(logits).scatter_(-1, order, masked_sorted)
 
 
+def sampling_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+    """The distribution each row samples from: softmax(logits / temperature) restricted to top-k and top-p.
+
+    logits: [B, V] float32 -> probs [B, V]. Greedy rows are computed at temperature 1 (they use argmax).
+    """
+    device = logits.device
+    temps = torch.tensor([p.temperature if not p.greedy else 1.0 for p in params], device=device)
+    logits = logits / temps[:, None]
+    if any(p.top_k or p.top_p < 1.0 for p in params):
+        top_k = torch.tensor([p.top_k for p in params], device=device)
+        top_p = torch.tensor([p.top_p for p in params], device=device, dtype=logits.dtype)
+        logits = apply_top_k_top_p(logits, top_k, top_p)
+    return logits.softmax(dim=-1)
+
+
 class Sampler:
     """logits [B, V] + one SamplingParams and one generator per row -> next token ids [B]."""
 
@@ -75,15 +90,9 @@ class Sampler:
         greedy_tokens = logits.argmax(dim=-1)
         if all(p.greedy for p in params):
             return greedy_tokens
-        device = logits.device
-        temps = torch.tensor([p.temperature if not p.greedy else 1.0 for p in params], device=device)
-        logits = logits / temps[:, None]
-        if any(p.top_k or p.top_p < 1.0 for p in params):
-            top_k = torch.tensor([p.top_k for p in params], device=device)
-            top_p = torch.tensor([p.top_p for p in params], device=device, dtype=logits.dtype)
-            logits = apply_top_k_top_p(logits, top_k, top_p)
-        probs = logits.softmax(dim=-1)
+        probs = sampling_probs(logits, params)
+        # exponential race: argmax(p / E), E ~ Exp(1) i.i.d., picks token i with probability p_i
         noise = torch.stack([torch.empty_like(probs[0]).exponential_(generator=g) for g in generators])
         sampled = (probs / noise).argmax(dim=-1)
-        is_greedy = torch.tensor([p.greedy for p in params], device=device)
+        is_greedy = torch.tensor([p.greedy for p in params], device=logits.device)
         return torch.where(is_greedy, greedy_tokens, sampled)

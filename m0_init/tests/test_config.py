@@ -1,0 +1,71 @@
+"""ModelConfig / EngineConfig: parsing HF configs, the parameter formula, and validation messages."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoConfig, Qwen3ForCausalLM
+
+from shared.config import EngineConfig, ModelConfig, preset_hf_config
+from shared.loader import BUNDLED
+
+
+def test_tiny_config_matches_hf():
+    ours = ModelConfig.from_dir(BUNDLED["tiny-qwen3"])
+    hf = AutoConfig.from_pretrained(BUNDLED["tiny-qwen3"])
+    assert (ours.hidden_size, ours.num_hidden_layers, ours.num_attention_heads, ours.num_key_value_heads) == (
+        hf.hidden_size, hf.num_hidden_layers, hf.num_attention_heads, hf.num_key_value_heads)
+    assert ours.head_dim == hf.head_dim and ours.vocab_size == hf.vocab_size
+    assert ours.rope_theta == hf.rope_parameters["rope_theta"]
+    assert ours.max_position_embeddings >= 8192
+    assert ours.tie_word_embeddings and ours.qk_norm and not ours.attention_bias
+    assert set(ours.eos_token_ids) == {0, 2}  # <|endoftext|> and <|im_end|> (from generation_config.json)
+
+
+@pytest.mark.parametrize("preset", ["qwen3-0.6b", "qwen3-test"])
+def test_parameter_formula_matches_hf(preset):
+    cfg = preset_hf_config(preset)
+    with torch.device("meta"):
+        hf = Qwen3ForCausalLM(cfg)
+    hf_count = sum(p.numel() for p in hf.parameters())  # parameters() counts a tied weight once
+    assert ModelConfig.from_hf_dict(cfg.to_dict()).num_parameters() == hf_count
+
+
+def test_qwen3_0_6b_shape():
+    c = ModelConfig.from_hf_dict(preset_hf_config("qwen3-0.6b").to_dict())
+    assert c.num_parameters() == 596_049_920
+    assert c.kv_bytes_per_token(torch.bfloat16) == 2 * 28 * 8 * 128 * 2  # 112 KiB per token
+
+
+def test_qwen2_config_has_bias_and_no_qk_norm(tmp_path):
+    cfg = {"model_type": "qwen2", "vocab_size": 100, "hidden_size": 64, "intermediate_size": 128,
+           "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "rope_theta": 1e4}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    c = ModelConfig.from_dir(tmp_path)
+    assert c.attention_bias and not c.qk_norm and c.head_dim == 16 and c.rope_theta == 1e4
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"model_type": "llama"}, "unsupported model_type 'llama'"),
+        ({"num_key_value_heads": 4}, "must be a multiple of num_key_value_heads (4)"),
+        ({"head_dim": 15}, "head_dim must be even"),
+    ],
+)
+def test_model_config_errors(kwargs, message):
+    cfg = {**preset_hf_config("qwen3-test").to_dict(), **kwargs}
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        ModelConfig.from_hf_dict(cfg)
+
+
+def test_engine_config_defaults_and_errors():
+    c = EngineConfig()
+    assert c.device == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert c.torch_dtype == (torch.bfloat16 if c.device == "cuda" else torch.float32)
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        EngineConfig(dtype="int3")
+    with pytest.raises(ValueError, match="device must be"):
+        EngineConfig(device="tpu")
+    with pytest.raises(ValueError, match="max_model_len must be >= 2"):
+        EngineConfig(max_model_len=1)

@@ -1,0 +1,203 @@
+"""Benchmark harness shared by every milestone: named workloads, metrics, a JSON result and a rich table.
+
+    python -m shared.bench latency --engines m1_basic hf --prompt-len 128 --output-len 64 --repeats 5
+
+Engines are milestone package names (`m1_basic`, ...) or `hf` (transformers `generate`). Every engine in
+one invocation runs the same requests on the same machine, and the table reports each one's ratio to
+the first engine: comparisons are ratios measured in one run. `--model random:qwen3-0.6b` builds a
+random-weight checkpoint of that preset shape (see shared/config.py PRESETS) for GPU runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from shared.sampling import SamplingParams
+
+
+@dataclass
+class Workload:
+    name: str
+    num_requests: int
+    prompt_len: int
+    output_len: int
+    seed: int = 0
+
+    def prompts(self, vocab_size: int) -> list[list[int]]:
+        """Random token ids (as nano-vllm's benchmark), avoiding the first 16 ids where special tokens live."""
+        g = torch.Generator().manual_seed(self.seed)
+        return [torch.randint(16, vocab_size, (self.prompt_len,), generator=g).tolist() for _ in range(self.num_requests)]
+
+
+@dataclass
+class Result:
+    engine: str
+    ttft_s: list[float] = field(default_factory=list)
+    tpot_s: list[float] = field(default_factory=list)
+    e2e_s: list[float] = field(default_factory=list)
+    output_tokens: int = 0
+    wall_s: float = 0.0
+
+    def summary(self) -> dict:
+        def pct(xs, q):
+            return statistics.quantiles(xs, n=100, method="inclusive")[q - 1] if len(xs) > 1 else xs[0]
+
+        return {
+            "engine": self.engine,
+            "ttft_ms_p50": 1e3 * pct(self.ttft_s, 50), "ttft_ms_p95": 1e3 * pct(self.ttft_s, 95),
+            "tpot_ms_p50": 1e3 * pct(self.tpot_s, 50), "tpot_ms_p95": 1e3 * pct(self.tpot_s, 95),
+            "e2e_s_p50": pct(self.e2e_s, 50),
+            "output_tok_per_s": self.output_tokens / self.wall_s,
+            "requests_per_s": len(self.e2e_s) / self.wall_s,
+        }
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def run_milestone(name: str, model: str, device: str, dtype: str, workload: Workload, **options) -> Result:
+    """Latency workload on a milestone engine: one request at a time, greedy, EOS ignored."""
+    llm = importlib.import_module(name).LLM(model=model, device=device, dtype=dtype, **options)
+    params = SamplingParams(temperature=0, max_tokens=workload.output_len, ignore_eos=True)
+    prompts = workload.prompts(llm.tokenizer.vocab_size)
+    llm.generate(prompts[:1], params, use_tqdm=False)  # warm-up: allocator, kernels, caches
+    res = Result(name)
+    start = time.perf_counter()
+    for prompt in prompts:
+        out = llm.generate([prompt], params, use_tqdm=False)[0]
+        _sync(device)
+        m = out.metrics
+        res.ttft_s.append(m.ttft)
+        res.tpot_s.append(m.tpot)
+        res.e2e_s.append(m.e2e)
+        res.output_tokens += m.num_output_tokens
+    res.wall_s = time.perf_counter() - start
+    return res
+
+
+def run_hf(model: str, device: str, dtype: str, workload: Workload) -> Result:
+    """The same requests through transformers `generate`; a logits processor timestamps every step."""
+    from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+
+    from shared.reference import load_hf_model
+
+    hf = load_hf_model(model, dtype=dtype, device=device)
+    stamps: list[float] = []
+
+    class Stamp(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            _sync(device)
+            stamps.append(time.perf_counter())
+            return scores
+
+    gen = GenerationConfig(do_sample=False, max_new_tokens=workload.output_len, eos_token_id=None, pad_token_id=0)
+    procs = LogitsProcessorList([Stamp()])
+    prompts = workload.prompts(hf.config.vocab_size)
+
+    def one(ids: list[int]) -> tuple[float, float, float]:
+        x = torch.tensor([ids], device=device)
+        stamps.clear()
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            hf.generate(x, attention_mask=torch.ones_like(x), generation_config=gen, logits_processor=procs)
+        _sync(device)
+        t1 = time.perf_counter()
+        # stamps[i] = logits of token i are ready; the last token is then sampled, as ours is
+        tpot = (t1 - stamps[0]) / max(1, len(stamps) - 1)
+        return stamps[0] - t0, tpot, t1 - t0
+
+    one(prompts[0])  # warm-up
+    res = Result("hf")
+    start = time.perf_counter()
+    for p in prompts:
+        ttft, tpot, e2e = one(p)
+        res.ttft_s.append(ttft)
+        res.tpot_s.append(tpot)
+        res.e2e_s.append(e2e)
+        res.output_tokens += workload.output_len
+    res.wall_s = time.perf_counter() - start
+    return res
+
+
+def resolve_bench_model(model: str, dtype: str) -> str:
+    """`random:<preset>` -> a temporary random-weight checkpoint of that shape; anything else unchanged."""
+    if not model.startswith("random:"):
+        return model
+    from shared.reference import random_checkpoint
+
+    out = Path(tempfile.gettempdir()) / f"folovllm-{model.replace(':', '-')}-{dtype}"
+    if not (out / "config.json").exists():
+        random_checkpoint(model.split(":", 1)[1], out, dtype=dtype)
+    return str(out)
+
+
+def machine_info(device: str) -> dict:
+    info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "python": platform.python_version()}
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def render(results: list[dict], setup: dict) -> Table:
+    base = results[0]
+    t = Table(title=f"{setup['workload']['name']} · {setup['model']} · {setup['device']} {setup['dtype']} · "
+                    f"{setup['workload']['num_requests']} req × prompt {setup['workload']['prompt_len']} "
+                    f"→ {setup['workload']['output_len']} tokens")
+    for col in ("engine", "TTFT p50 ms", "TTFT p95 ms", "TPOT p50 ms", "TPOT p95 ms", "output tok/s",
+                f"tok/s vs {base['engine']}"):
+        t.add_column(col, justify="right")
+    for r in results:
+        t.add_row(r["engine"], f"{r['ttft_ms_p50']:.2f}", f"{r['ttft_ms_p95']:.2f}", f"{r['tpot_ms_p50']:.2f}",
+                  f"{r['tpot_ms_p95']:.2f}", f"{r['output_tok_per_s']:,.1f}",
+                  f"{r['output_tok_per_s'] / base['output_tok_per_s']:.2f}×")
+    return t
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(prog="python -m shared.bench", description="FoloVLLM benchmarks.")
+    ap.add_argument("workload", choices=["latency"], help="latency: single requests, one after another")
+    ap.add_argument("--engines", nargs="+", default=["m1_basic", "hf"])
+    ap.add_argument("--model", default="tiny-qwen3")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default=None, help="default: float32 on cpu, bfloat16 on cuda")
+    ap.add_argument("--num-requests", type=int, default=5)
+    ap.add_argument("--prompt-len", type=int, default=128)
+    ap.add_argument("--output-len", type=int, default=64)
+    ap.add_argument("--out", type=Path, default=None, help="write the JSON result here")
+    args = ap.parse_args(argv)
+    dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    workload = Workload(args.workload, args.num_requests, args.prompt_len, args.output_len)
+    model = resolve_bench_model(args.model, dtype)
+    results = []
+    for engine in args.engines:
+        res = run_hf(model, args.device, dtype, workload) if engine == "hf" else run_milestone(
+            engine, model, args.device, dtype, workload)
+        results.append(res.summary())
+    setup = {"model": args.model, "device": args.device, "dtype": dtype, "workload": asdict(workload),
+             "machine": machine_info(args.device), "date": time.strftime("%Y-%m-%d")}
+    report = {"setup": setup, "results": results}
+    Console().print(render(results, setup))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1))
+    return report
+
+
+if __name__ == "__main__":
+    main()

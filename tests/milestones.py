@@ -1,0 +1,9 @@
+"""The engine milestones that exist, in order. Adding a milestone to the cross-milestone suite is one name here."""
+
+import importlib
+
+ENGINES = ["m1_basic"]
+
+
+def llm_class(name: str):
+    return importlib.import_module(name).LLM
