@@ -40,4 +40,4 @@ class ModelRunner:
 
     def decode(self, seq: Sequence, cache: ContiguousKVCache) -> int:
         """Run the newest token (position num_tokens-1) and sample the next one."""
-        return self._run(seq, cache, seq.token_ids[-1:], start=seq.num_tokens - 1)
+        return self._run(seq, cache, seq.output_token_ids[-1:], start=seq.num_tokens - 1)

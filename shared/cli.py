@@ -8,7 +8,6 @@ stack trace, and exits with status 2.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from rich.console import Console
 

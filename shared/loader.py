@@ -43,11 +43,11 @@ def resolve_model(name: str | Path) -> Path:
 
     try:  # the HF cache first: works offline
         return Path(snapshot_download(name, allow_patterns=HF_FILES, local_files_only=True))
-    except Exception:  # noqa: BLE001 - any cache miss falls through to a download attempt
+    except Exception:
         pass
     try:
         return Path(snapshot_download(name, allow_patterns=HF_FILES))
-    except Exception as err:  # noqa: BLE001 - network, auth and not-found errors all end the same way
+    except Exception as err:
         raise ModelNotFoundError(
             f"model {name!r} is not in the HuggingFace cache and could not be downloaded "
             f"({type(err).__name__}). On a machine with network run `hf download {name}` (it fills "

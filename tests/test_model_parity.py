@@ -10,9 +10,9 @@ import torch
 from transformers import Qwen3ForCausalLM
 
 from shared.config import ModelConfig, preset_hf_config
+from shared.loader import load_model
 from shared.model.qwen3 import Qwen3ForCausalLM as OurQwen3
 from shared.reference import hf_logits, our_logits, parity_prompts
-from shared.loader import load_model
 from shared.testing import hf_model, tiny_tokenizer
 
 

@@ -37,7 +37,7 @@ def test_unknown_model_errors(name, message):
 
 
 def test_directory_without_config(tmp_path):
-    with pytest.raises(ModelNotFoundError, match="no config.json"):
+    with pytest.raises(ModelNotFoundError, match=r"no config\.json"):
         resolve_model(str(tmp_path))
 
 
@@ -54,13 +54,13 @@ def _copy_checkpoint(tmp_path, edit):
 
 def test_missing_key_is_named(tmp_path):
     path = _copy_checkpoint(tmp_path, lambda t: t.pop("model.layers.2.mlp.up_proj.weight"))
-    with pytest.raises(KeyError, match="model.layers.2.mlp.up_proj.weight"):
+    with pytest.raises(KeyError, match=r"model\.layers\.2\.mlp\.up_proj\.weight"):
         load_model(path, torch.float32, "cpu")
 
 
 def test_unexpected_key_is_named(tmp_path):
     path = _copy_checkpoint(tmp_path, lambda t: t.update({"model.extra.weight": torch.zeros(2)}))
-    with pytest.raises(KeyError, match="model.extra.weight"):
+    with pytest.raises(KeyError, match=r"model\.extra\.weight"):
         load_model(path, torch.float32, "cpu")
 
 
