@@ -14,7 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         s = summarize(args.model)
-    except ValueError as e:
+    except (ValueError, KeyError) as e:  # unknown model, or a config.json missing a required field
         Console(stderr=True).print(f"[red]error:[/red] {e}")
         return 2
     Console().print(summary_table(s))

@@ -16,7 +16,8 @@ from rich.table import Table
 from shared.config import ModelConfig
 from shared.loader import checkpoint_shapes, resolve_model
 
-DTYPE_BYTES = {"F32": 4, "BF16": 2, "F16": 2, "I32": 4, "I8": 1, "U8": 1, "F64": 8, "I64": 8}
+DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "BF16": 2, "F16": 2, "I16": 2, "U16": 2,
+               "F8_E4M3": 1, "F8_E5M2": 1, "I8": 1, "U8": 1, "BOOL": 1}
 
 
 @dataclass
@@ -41,7 +42,9 @@ def summarize(name: str) -> ModelSummary:
     for shape, dtype in shapes.values():
         n = int(torch.tensor(shape).prod().item()) if shape else 1
         params += n
-        nbytes[dtype] += n * DTYPE_BYTES.get(dtype, 0)
+        if dtype not in DTYPE_BYTES:
+            raise ValueError(f"tensor dtype {dtype!r} in {path} is not one m0_init knows: {sorted(DTYPE_BYTES)}")
+        nbytes[dtype] += n * DTYPE_BYTES[dtype]
     return ModelSummary(name, path, config, params, dict(nbytes), len(shapes))
 
 

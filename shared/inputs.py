@@ -7,6 +7,7 @@ Every check raises ValueError with what was wrong and what is allowed; an engine
 from __future__ import annotations
 
 import itertools
+import time
 
 import torch
 
@@ -44,7 +45,8 @@ def normalize_params(params: SamplingParams | list[SamplingParams] | None, n: in
 
 def make_request(prompt: Prompt, params: SamplingParams, tokenizer: Tokenizer, max_model_len: int,
                  generator: torch.Generator, request_id: str | None = None) -> Request:
-    """Tokenize and validate one prompt and wrap it in a Request."""
+    """Tokenize and validate one prompt and wrap it in a Request (arrival is stamped before tokenizing)."""
+    arrival = time.perf_counter()
     if not isinstance(params, SamplingParams):
         raise ValueError(f"sampling params must be a SamplingParams, got {type(params).__name__}")
     if isinstance(prompt, str):
@@ -68,4 +70,6 @@ def make_request(prompt: Prompt, params: SamplingParams, tokenizer: Tokenizer, m
     if params.seed is not None:
         generator = torch.Generator(device=generator.device).manual_seed(params.seed)
     rid = request_id if request_id is not None else str(next(_request_ids))
-    return Request(rid, text, ids, params, tokenizer, generator)
+    req = Request(rid, text, ids, params, tokenizer, generator)
+    req.arrival_time = arrival  # TTFT includes tokenization, as a user experiences it
+    return req

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.request import Request
+from shared.request import Request, Sequence
+
+
+def _visible_text(seq: Sequence) -> str:
+    """The text a client may see now: while running, hold back the last (longest stop string - 1)
+    characters, which could still turn out to be the start of a stop string (as vLLM does)."""
+    stop = seq.request.params.stop
+    if seq.is_finished or not stop:
+        return seq.text
+    hold = max(len(s) for s in stop) - 1
+    return seq.text[: len(seq.text) - hold] if hold else seq.text
 
 
 @dataclass
@@ -52,7 +62,7 @@ class RequestOutput:
 
     @classmethod
     def from_request(cls, req: Request) -> RequestOutput:
-        outs = [CompletionOutput(s.index, s.text, list(s.output_token_ids), s.finish_reason) for s in req.seqs]
+        outs = [CompletionOutput(s.index, _visible_text(s), list(s.output_token_ids), s.finish_reason) for s in req.seqs]
         metrics = RequestMetrics(
             arrival_time=req.arrival_time,
             first_token_time=req.first_token_time,

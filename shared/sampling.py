@@ -62,7 +62,7 @@ def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Te
     probs = sorted_logits.masked_fill(drop, float("-inf")).softmax(dim=-1)
     # keep a token if the probability mass strictly before it is < top_p (so the top token always stays)
     mass_before = probs.cumsum(dim=-1) - probs
-    drop |= mass_before >= top_p[:, None]
+    drop |= (mass_before >= top_p[:, None]) & (top_p[:, None] < 1.0)  # rows with top_p=1 skip it: no rounding loss
     masked_sorted = sorted_logits.masked_fill(drop, float("-inf"))
     return torch.empty_like(logits).scatter_(-1, order, masked_sorted)
 
@@ -93,6 +93,7 @@ class Sampler:
         probs = sampling_probs(logits, params)
         # exponential race: argmax(p / E), E ~ Exp(1) i.i.d., picks token i with probability p_i
         noise = torch.stack([torch.empty_like(probs[0]).exponential_(generator=g) for g in generators])
+        noise.clamp_(min=1e-30)  # a draw of exactly 0 would make p/0 = inf (or nan for a masked token)
         sampled = (probs / noise).argmax(dim=-1)
         is_greedy = torch.tensor([p.greedy for p in params], device=logits.device)
         return torch.where(is_greedy, greedy_tokens, sampled)

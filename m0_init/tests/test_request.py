@@ -91,3 +91,18 @@ def test_metrics_and_output():
     assert 0.01 <= m.ttft < m.e2e
     assert m.tpot == pytest.approx((m.finish_time - m.first_token_time) / 2)
     assert m.num_prompt_tokens == len(req.prompt_token_ids) and m.num_output_tokens == 3
+
+
+def test_streamed_text_holds_back_a_possible_stop_string():
+    tok = tiny_tokenizer()
+    req = _req(max_tokens=50, stop=["STOP"])
+    seq = req.seqs[0]
+    seq.set_status(SequenceStatus.RUNNING)
+    seen = []
+    for t in tok.encode(" one two STOP three"):
+        if seq.is_finished:
+            break
+        seq.append_token(t, EOS, 8192)
+        seen.append(RequestOutput.from_request(req).outputs[0].text)
+    assert seq.finish_reason == "stop" and seen[-1] == " one two "
+    assert all(" one two ".startswith(s) for s in seen)  # no partial "ST" is ever shown

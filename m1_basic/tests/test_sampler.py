@@ -84,3 +84,12 @@ def test_empirical_frequencies(k, p):
     freq = torch.bincount(tokens, minlength=6).float() / n
     assert (freq - expected).abs().max() < 0.015
     assert freq[expected == 0].sum() == 0  # masked tokens are never drawn
+
+
+def test_rows_without_filters_keep_every_token_in_a_mixed_batch():
+    """A row with top_p=1, top_k=0 keeps its full distribution even when another row is filtered."""
+    logits = torch.randn(2, 151_936, generator=torch.Generator().manual_seed(0)) * 3
+    params = [SamplingParams(temperature=1.0), SamplingParams(temperature=1.0, top_p=0.5)]
+    probs = sampling_probs(logits, params)
+    torch.testing.assert_close(probs[0], logits[0].softmax(-1))
+    assert (probs[0] > 0).all() and (probs[1] == 0).any()
