@@ -105,7 +105,7 @@ def run_hf(model: str, device: str, dtype: str, workload: Workload) -> Result:
             stamps.append(time.perf_counter())
             return scores
 
-    gen = GenerationConfig(do_sample=False, max_new_tokens=workload.output_len, eos_token_id=None, pad_token_id=0)
+    gen = GenerationConfig(do_sample=False, max_new_tokens=workload.output_len, eos_token_id=[], pad_token_id=0)
     procs = LogitsProcessorList([Stamp()])
     prompts = workload.prompts(hf.config.vocab_size)
 

@@ -29,8 +29,9 @@ def hf_greedy(hf_model, prompt_ids: list[list[int]], max_new_tokens: int, eos_to
     """HF `generate(do_sample=False)` one prompt at a time (no padding); new tokens only, cut after EOS."""
     from transformers import GenerationConfig
 
-    eos = None if ignore_eos or not eos_token_ids else list(eos_token_ids)
-    # an explicit GenerationConfig: the checkpoint's own one would bring its EOS ids back when we ignore EOS
+    eos = [] if ignore_eos or not eos_token_ids else list(eos_token_ids)
+    # eos_token_id=[] (not None): None is filled in from the checkpoint's generation_config.json and would
+    # stop at EOS; masking EOS with min_new_tokens instead would change the argmax
     gen = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=eos,
                            pad_token_id=eos_token_ids[0] if eos_token_ids else 0)
     outs = []
