@@ -70,28 +70,22 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def run_milestone(name: str, model: str, device: str, dtype: str, workload: Workload, **options) -> Result:
-    """Latency workload on a milestone engine: one request at a time, greedy, EOS ignored."""
+def milestone_runner(name: str, model: str, device: str, dtype: str, workload: Workload, **options):
+    """A function that serves one prompt on a milestone engine (greedy, EOS ignored) -> (ttft, tpot, e2e, tokens)."""
     llm = importlib.import_module(name).LLM(model=model, device=device, dtype=dtype, **options)
     params = SamplingParams(temperature=0, max_tokens=workload.output_len, ignore_eos=True)
-    prompts = workload.prompts(llm.tokenizer.vocab_size)
-    llm.generate(prompts[:1], params, use_tqdm=False)  # warm-up: allocator, kernels, caches
-    res = Result(name)
-    start = time.perf_counter()
-    for prompt in prompts:
-        out = llm.generate([prompt], params, use_tqdm=False)[0]
+
+    def one(ids: list[int]) -> tuple[float, float, float, int]:
+        out = llm.generate([ids], params, use_tqdm=False)[0]
         _sync(device)
         m = out.metrics
-        res.ttft_s.append(m.ttft)
-        res.tpot_s.append(m.tpot)
-        res.e2e_s.append(m.e2e)
-        res.output_tokens += m.num_output_tokens
-    res.wall_s = time.perf_counter() - start
-    return res
+        return m.ttft, m.tpot, m.e2e, m.num_output_tokens
+
+    return one, llm.tokenizer.vocab_size
 
 
-def run_hf(model: str, device: str, dtype: str, workload: Workload) -> Result:
-    """The same requests through transformers `generate`; a logits processor timestamps every step."""
+def hf_runner(model: str, device: str, dtype: str, workload: Workload):
+    """The same service through transformers `generate`; a logits processor timestamps every step."""
     from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
     from shared.reference import load_hf_model
@@ -107,9 +101,8 @@ def run_hf(model: str, device: str, dtype: str, workload: Workload) -> Result:
 
     gen = GenerationConfig(do_sample=False, max_new_tokens=workload.output_len, eos_token_id=[], pad_token_id=0)
     procs = LogitsProcessorList([Stamp()])
-    prompts = workload.prompts(hf.config.vocab_size)
 
-    def one(ids: list[int]) -> tuple[float, float, float]:
+    def one(ids: list[int]) -> tuple[float, float, float, int]:
         x = torch.tensor([ids], device=device)
         stamps.clear()
         t0 = time.perf_counter()
@@ -117,21 +110,30 @@ def run_hf(model: str, device: str, dtype: str, workload: Workload) -> Result:
             hf.generate(x, attention_mask=torch.ones_like(x), generation_config=gen, logits_processor=procs)
         _sync(device)
         t1 = time.perf_counter()
-        # stamps[i] = logits of token i are ready; the last token is then sampled, as ours is
-        tpot = (t1 - stamps[0]) / max(1, len(stamps) - 1)
-        return stamps[0] - t0, tpot, t1 - t0
+        # stamps[i]: logits for output token i are ready (ours stamps after sampling: a few µs apart)
+        return stamps[0] - t0, (t1 - stamps[0]) / max(1, len(stamps) - 1), t1 - t0, len(stamps)
 
-    one(prompts[0])  # warm-up
-    res = Result("hf")
-    start = time.perf_counter()
-    for p in prompts:
-        ttft, tpot, e2e = one(p)
-        res.ttft_s.append(ttft)
-        res.tpot_s.append(tpot)
-        res.e2e_s.append(e2e)
-        res.output_tokens += workload.output_len
-    res.wall_s = time.perf_counter() - start
-    return res
+    return one, hf.config.vocab_size
+
+
+def run_latency(engines: list[str], model: str, device: str, dtype: str, workload: Workload) -> list[Result]:
+    """Requests one at a time, the engines interleaved request by request, so that machine noise and
+    drift (thermal, other processes) fall on all of them alike."""
+    runners = [hf_runner(model, device, dtype, workload) if e == "hf" else
+               milestone_runner(e, model, device, dtype, workload) for e in engines]
+    prompts = workload.prompts(min(v for _, v in runners))
+    results = [Result(e) for e in engines]
+    for (one, _), res in zip(runners, results):
+        one(prompts[0])  # warm-up: allocator, kernels, caches
+    for prompt in prompts:
+        for (one, _), res in zip(runners, results):
+            ttft, tpot, e2e, n = one(prompt)
+            res.ttft_s.append(ttft)
+            res.tpot_s.append(tpot)
+            res.e2e_s.append(e2e)
+            res.output_tokens += n
+            res.wall_s += e2e
+    return results
 
 
 def resolve_bench_model(model: str, dtype: str) -> str:
@@ -146,8 +148,18 @@ def resolve_bench_model(model: str, dtype: str) -> str:
     return str(out)
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine_info(device: str) -> dict:
-    info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
+    info = {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "python": platform.python_version()}
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name()
@@ -171,7 +183,7 @@ def render(results: list[dict], setup: dict) -> Table:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m shared.bench", description="FoloVLLM benchmarks.")
-    ap.add_argument("workload", choices=["latency"], help="latency: single requests, one after another")
+    ap.add_argument("workload", choices=["latency"], help="latency: single requests, one after another, engines interleaved")
     ap.add_argument("--engines", nargs="+", default=["m1_basic", "hf"])
     ap.add_argument("--model", default="tiny-qwen3")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -184,11 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     workload = Workload(args.workload, args.num_requests, args.prompt_len, args.output_len)
     model = resolve_bench_model(args.model, dtype)
-    results = []
-    for engine in args.engines:
-        res = run_hf(model, args.device, dtype, workload) if engine == "hf" else run_milestone(
-            engine, model, args.device, dtype, workload)
-        results.append(res.summary())
+    results = [r.summary() for r in run_latency(args.engines, model, args.device, dtype, workload)]
     setup = {"model": args.model, "device": args.device, "dtype": dtype, "workload": asdict(workload),
              "machine": machine_info(args.device), "date": time.strftime("%Y-%m-%d")}
     report = {"setup": setup, "results": results}
