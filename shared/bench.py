@@ -123,7 +123,7 @@ def run_latency(engines: list[str], model: str, device: str, dtype: str, workloa
                milestone_runner(e, model, device, dtype, workload) for e in engines]
     prompts = workload.prompts(min(v for _, v in runners))
     results = [Result(e) for e in engines]
-    for (one, _), res in zip(runners, results):
+    for one, _ in runners:
         one(prompts[0])  # warm-up: allocator, kernels, caches
     for prompt in prompts:
         for (one, _), res in zip(runners, results):
