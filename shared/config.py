@@ -6,7 +6,7 @@ Every dataclass validates itself in `__post_init__` and says what was wrong and 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -144,7 +144,6 @@ class EngineConfig:
     dtype: str = "auto"  # "auto": float32 on cpu, bfloat16 on cuda
     max_model_len: int | None = None  # default: the model's max_position_embeddings
     seed: int = 0  # seeds the engine's generator, used by requests without their own seed
-    extra: dict = field(default_factory=dict)  # milestone options (scheduler, cache sizes, ...)
 
     def __post_init__(self) -> None:
         if self.device == "auto":

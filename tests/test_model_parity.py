@@ -46,3 +46,23 @@ def test_qwen3_0_6b_shape_logits_match_hf():
     assert sum(p.numel() for p in ours.parameters()) == 596_049_920
     ids = torch.randint(0, cfg.vocab_size, (48,), generator=torch.Generator().manual_seed(1)).tolist()
     _compare(ours, hf, ids, atol=5e-5)
+
+
+def test_qwen2_logits_match_hf():
+    """Qwen2 (q/k/v biases, no q/k norm) through the same model code."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                      tie_word_embeddings=False, initializer_range=0.1)
+    hf = Qwen2ForCausalLM(cfg).eval()
+    with torch.no_grad():  # HF initialises biases to zero: make them matter
+        for layer in hf.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0, 0.5)
+    config = ModelConfig.from_hf_dict(cfg.to_dict())
+    assert config.attention_bias and not config.qk_norm
+    ours = OurQwen3(config)
+    ours.load_state_dict(hf.state_dict())
+    _compare(ours, hf, list(range(3, 60)), atol=5e-5)

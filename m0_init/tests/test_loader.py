@@ -71,3 +71,22 @@ def test_shape_mismatch_is_named(tmp_path):
     path = _copy_checkpoint(tmp_path, shrink)
     with pytest.raises(ValueError, match=r"shape mismatch for 'model.norm.weight': checkpoint \(10,\)"):
         load_model(path, torch.float32, "cpu")
+
+
+def test_hub_id_resolves_from_the_hf_cache_offline(tmp_path):
+    """A hub id that is in the HF cache loads with no network (what `--model Qwen/Qwen3-0.6B` does for a user)."""
+    import os
+    import subprocess
+    import sys
+
+    snapshot = tmp_path / "hub" / "models--folovllm-test--tiny" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    for f in BUNDLED["tiny-qwen3"].iterdir():
+        (snapshot / f.name).write_bytes(f.read_bytes())
+    (tmp_path / "hub" / "models--folovllm-test--tiny" / "refs").mkdir()
+    (tmp_path / "hub" / "models--folovllm-test--tiny" / "refs" / "main").write_text("0" * 40)
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "COLUMNS": "160"}
+    r = subprocess.run([sys.executable, "-m", "m1_basic", "def f(x):", "--model", "folovllm-test/tiny",
+                        "--max-tokens", "5", "--ignore-eos"], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "5 tokens" in r.stdout and "folovllm-test/tiny" in r.stdout
