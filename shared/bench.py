@@ -36,6 +36,12 @@ class Workload:
     output_len: int
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.num_requests < 1 or self.prompt_len < 1:
+            raise ValueError(f"num_requests and prompt_len must be >= 1, got {self.num_requests}, {self.prompt_len}")
+        if self.output_len < 2:
+            raise ValueError(f"output_len must be >= 2 so that TPOT is defined, got {self.output_len}")
+
     def prompts(self, vocab_size: int) -> list[list[int]]:
         """Random token ids (as nano-vllm's benchmark), avoiding the first 16 ids where special tokens live."""
         g = torch.Generator().manual_seed(self.seed)
@@ -194,7 +200,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", type=Path, default=None, help="write the JSON result here")
     args = ap.parse_args(argv)
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
-    workload = Workload(args.workload, args.num_requests, args.prompt_len, args.output_len)
+    try:
+        workload = Workload(args.workload, args.num_requests, args.prompt_len, args.output_len)
+    except ValueError as e:
+        ap.error(str(e))
     model = resolve_bench_model(args.model, dtype)
     results = [r.summary() for r in run_latency(args.engines, model, args.device, dtype, workload)]
     setup = {"model": args.model, "device": args.device, "dtype": dtype, "workload": asdict(workload),
