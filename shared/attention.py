@@ -54,3 +54,17 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_start:
         enable_gqa=q.shape[0] != k.shape[0],
     )
     return out.transpose(0, 1)  # [Tq, heads, d]
+
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Attention of one sequence's single newest query over all its keys (no mask needed), with GQA.
+
+    q: [n_heads, d]; k, v: [Tk, n_kv_heads, d]. Returns [n_heads, d]. Two small matmuls: at this size an
+    SDPA call costs more in dispatch than in arithmetic. Query heads are grouped under their KV head with
+    a view, so K and V are never repeated.
+    """
+    n_kv, d = k.shape[1], k.shape[2]
+    qg = q.view(n_kv, -1, d)  # [kv_heads, group, d]
+    scores = torch.matmul(qg, k.permute(1, 2, 0)) * (1.0 / math.sqrt(d))  # [kv_heads, group, Tk]
+    return torch.matmul(scores.softmax(dim=-1), v.transpose(0, 1)).view(-1, d)  # [n_heads, d]

@@ -1,10 +1,14 @@
 """Benchmark harness shared by every milestone: named workloads, metrics, a JSON result and a rich table.
 
-    python -m shared.bench latency --engines m1_basic hf --prompt-len 128 --output-len 64 --repeats 5
+    python -m shared.bench latency --engines m1_basic hf --prompt-len 128 --output-len 64
+    python -m shared.bench throughput --engines m1_basic m2_batching --num-requests 64 \
+        --prompt-len 32:256 --output-len 32:256 --out results.json
+    python -m shared.bench compare results.json
 
 Engines are milestone package names (`m1_basic`, ...) or `hf` (transformers `generate`). Every engine in
 one invocation runs the same requests on the same machine, and the table reports each one's ratio to
-the first engine: comparisons are ratios measured in one run. `--model random:qwen3-0.6b` builds a
+the first engine: comparisons are ratios measured in one run. `compare` prints each engine of a saved
+run against the one before it (m2 vs m1, m3 vs m2, ...). `--model random:qwen3-0.6b` builds a
 random-weight checkpoint of that preset shape (see shared/config.py PRESETS) for GPU runs.
 """
 
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import itertools
 import json
 import os
 import platform
@@ -142,6 +147,123 @@ def run_latency(engines: list[str], model: str, device: str, dtype: str, workloa
     return results
 
 
+@dataclass
+class ThroughputWorkload:
+    """nano-vllm's throughput test, scaled by its arguments: `num_requests` sequences submitted at once,
+    prompt and output lengths drawn uniformly from [lo, hi], random token ids, EOS ignored.
+    Throughput = output tokens / wall time of the whole batch."""
+
+    num_requests: int
+    prompt_len: tuple[int, int]
+    output_len: tuple[int, int]
+    seed: int = 0
+    name: str = "throughput"
+
+    def __post_init__(self) -> None:
+        for what, (lo, hi) in (("prompt_len", self.prompt_len), ("output_len", self.output_len)):
+            if not 1 <= lo <= hi:
+                raise ValueError(f"{what} range must satisfy 1 <= lo <= hi, got {lo}:{hi}")
+        if self.num_requests < 1:
+            raise ValueError(f"num_requests must be >= 1, got {self.num_requests}")
+
+    def requests(self, vocab_size: int) -> list[tuple[list[int], int]]:
+        """(prompt token ids, output length) per request, the same for every engine."""
+        g = torch.Generator().manual_seed(self.seed)
+
+        def draw(lo: int, hi: int) -> int:
+            return int(torch.randint(lo, hi + 1, (1,), generator=g))
+
+        out = []
+        for _ in range(self.num_requests):
+            p, o = draw(*self.prompt_len), draw(*self.output_len)
+            out.append((torch.randint(16, vocab_size, (p,), generator=g).tolist(), o))
+        return out
+
+
+def engine_options(name: str, options: dict) -> dict:
+    """The subset of `options` (max_num_seqs, ...) that milestone `name`'s engine accepts."""
+    import inspect
+
+    engine = importlib.import_module(name).LLMEngine
+    accepted = inspect.signature(engine.__init__).parameters
+    return {k: v for k, v in options.items() if k in accepted and v is not None}
+
+
+def run_throughput_milestone(name: str, model: str, device: str, dtype: str, requests, max_model_len: int | None,
+                             options: dict) -> dict:
+    llm = importlib.import_module(name).LLM(model=model, device=device, dtype=dtype, max_model_len=max_model_len,
+                                            **engine_options(name, options))
+    greedy = [SamplingParams(temperature=0, max_tokens=o, ignore_eos=True) for _, o in requests]
+    llm.generate([ids for ids, _ in requests[:2]], greedy[:2], use_tqdm=False)  # warm-up
+    stats = getattr(llm.engine, "stats", None)
+    if stats is not None:
+        stats.history.clear()
+    _sync(device)
+    t0 = time.perf_counter()
+    outs = llm.generate([ids for ids, _ in requests], greedy, use_tqdm=False)
+    _sync(device)
+    wall = time.perf_counter() - t0
+    res = Result(name, wall_s=wall, output_tokens=sum(o.metrics.num_output_tokens for o in outs))
+    for o in outs:
+        res.ttft_s.append(o.metrics.ttft)
+        res.tpot_s.append(o.metrics.tpot)
+        res.e2e_s.append(o.metrics.e2e)
+    summary = res.summary()
+    if stats is not None:
+        summary.update(stats.summary())
+        summary["kv_bytes_per_token"] = llm.engine.cache.bytes_per_token
+    return summary
+
+
+def run_throughput_hf(model: str, device: str, dtype: str, requests, batch_size: int) -> dict:
+    """Static batching, as `transformers.generate` offers it: batches of `batch_size` in arrival order,
+    left-padded; each batch runs until its longest output is done. Only the tokens each request asked for
+    are counted, so the work spent on finished rows and padding shows up as lost throughput."""
+    from transformers import GenerationConfig
+
+    from shared.reference import load_hf_model
+
+    hf = load_hf_model(model, dtype=dtype, device=device)
+
+    def run(batch):
+        width = max(len(ids) for ids, _ in batch)
+        x = torch.tensor([[0] * (width - len(ids)) + ids for ids, _ in batch], device=device)
+        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids, _ in batch], device=device)
+        gen = GenerationConfig(do_sample=False, max_new_tokens=max(o for _, o in batch), eos_token_id=[], pad_token_id=0)
+        with torch.inference_mode():
+            hf.generate(x, attention_mask=mask, generation_config=gen)
+
+    run(requests[:2])  # warm-up
+    _sync(device)
+    t0 = time.perf_counter()
+    e2e = []
+    for i in range(0, len(requests), batch_size):
+        run(requests[i:i + batch_size])
+        _sync(device)
+        e2e += [time.perf_counter() - t0] * len(requests[i:i + batch_size])
+    wall = time.perf_counter() - t0
+    out_tokens = sum(o for _, o in requests)
+    return {"engine": "hf", "output_tok_per_s": out_tokens / wall, "requests_per_s": len(requests) / wall,
+            "e2e_s_p50": statistics.median(e2e), "batch_size": batch_size}
+
+
+def run_throughput(engines: list[str], model: str, device: str, dtype: str, workload: ThroughputWorkload,
+                   max_model_len: int | None = None, **options) -> list[dict]:
+    """Every engine serves the whole workload, one engine after another, in one process."""
+    from shared.loader import resolve_model
+    from shared.tokenizer import Tokenizer
+
+    requests = workload.requests(Tokenizer(resolve_model(model)).vocab_size)
+    results = []
+    for name in engines:
+        if name == "hf":
+            results.append(run_throughput_hf(model, device, dtype, requests, options.get("max_num_seqs") or 64))
+        else:
+            results.append(run_throughput_milestone(name, model, device, dtype, requests, max_model_len, options))
+        Console(stderr=True).print(f"[dim]{name}: {results[-1]['output_tok_per_s']:,.1f} output tok/s[/dim]")
+    return results
+
+
 def resolve_bench_model(model: str, dtype: str) -> str:
     """`random:<preset>` -> a temporary random-weight checkpoint of that shape; anything else unchanged."""
     if not model.startswith("random:"):
@@ -173,6 +295,7 @@ def machine_info(device: str) -> dict:
 
 
 def render(results: list[dict], setup: dict) -> Table:
+    """The latency table: TTFT/TPOT percentiles and each engine's tok/s ratio to the first engine."""
     base = results[0]
     t = Table(title=f"{setup['workload']['name']} · {setup['model']} · {setup['device']} {setup['dtype']} · "
                     f"{setup['workload']['num_requests']} req × prompt {setup['workload']['prompt_len']} "
@@ -187,29 +310,103 @@ def render(results: list[dict], setup: dict) -> Table:
     return t
 
 
+def _fmt(r: dict, key: str, spec: str) -> str:
+    return format(r[key], spec) if r.get(key) is not None else "–"
+
+
+def render_throughput(results: list[dict], setup: dict) -> Table:
+    w = setup["workload"]
+    base = results[0]
+    t = Table(title=f"throughput · {setup['model']} · {setup['device']} {setup['dtype']} · {w['num_requests']} req, "
+                    f"prompt {w['prompt_len'][0]}–{w['prompt_len'][1]}, output {w['output_len'][0]}–{w['output_len'][1]}, "
+                    f"max_num_seqs {setup.get('max_num_seqs')}")
+    for col in ("engine", "output tok/s", f"vs {base['engine']}", "wall s", "TTFT p50 ms", "TPOT p50 ms",
+                "max running", "KV reserved (peak tok)", "KV used (peak tok)", "KV utilisation", "preemptions"):
+        t.add_column(col, justify="right")
+    for r in results:
+        t.add_row(r["engine"], f"{r['output_tok_per_s']:,.1f}", f"{r['output_tok_per_s'] / base['output_tok_per_s']:.2f}×",
+                  _fmt(r, "wall_s", ".1f"), _fmt(r, "ttft_ms_p50", ".1f"), _fmt(r, "tpot_ms_p50", ".2f"),
+                  _fmt(r, "max_running", "d"), _fmt(r, "kv_peak_reserved_tokens", ",d"),
+                  _fmt(r, "kv_peak_used_tokens", ",d"), _fmt(r, "kv_mean_utilization", ".1%"), _fmt(r, "preemptions", "d"))
+    return t
+
+
+def render_compare(report: dict) -> Table:
+    """Each engine of one saved run against the engine before it: the milestone-vs-milestone ratios."""
+    rs = report["results"]
+    setup = report["setup"]
+    t = Table(title=f"{setup['workload']['name']} · {setup['model']} · ratios to the previous engine, one run")
+    t.add_column("engines")
+    keys = [k for k in ("output_tok_per_s", "requests_per_s", "ttft_ms_p50", "tpot_ms_p50", "e2e_s_p50",
+                        "kv_peak_reserved_tokens", "max_running") if all(r.get(k) for r in rs)]
+    for k in keys:
+        t.add_column(k, justify="right")
+    for prev, cur in itertools.pairwise(rs):
+        t.add_row(f"{cur['engine']} / {prev['engine']}", *(f"{cur[k] / prev[k]:.2f}×" for k in keys))
+    return t
+
+
+def _length_range(text: str) -> tuple[int, int]:
+    lo, _, hi = text.partition(":")
+    try:
+        return int(lo), int(hi or lo)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or LO:HI, got {text!r}") from None
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m shared.bench", description="FoloVLLM benchmarks.")
-    ap.add_argument("workload", choices=["latency"], help="latency: single requests, one after another, engines interleaved")
-    ap.add_argument("--engines", nargs="+", default=["m1_basic", "hf"])
+    ap.add_argument("workload", choices=["latency", "throughput", "compare"],
+                    help="latency: single requests, one after another, engines interleaved; "
+                         "throughput: every request at once (nano-vllm style); compare: ratios of a saved run")
+    ap.add_argument("result", nargs="?", type=Path, help="compare: the JSON written by --out")
+    ap.add_argument("--engines", nargs="+", default=None,
+                    help="default: m1_basic hf (latency), m1_basic m2_batching (throughput)")
     ap.add_argument("--model", default="tiny-qwen3")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default=None, help="default: float32 on cpu, bfloat16 on cuda")
-    ap.add_argument("--num-requests", type=int, default=5)
-    ap.add_argument("--prompt-len", type=int, default=128)
-    ap.add_argument("--output-len", type=int, default=64)
+    ap.add_argument("--num-requests", type=int, default=None, help="default: 5 (latency), 64 (throughput)")
+    ap.add_argument("--prompt-len", type=_length_range, default=None, help="N, or LO:HI for throughput (default 128 / 32:256)")
+    ap.add_argument("--output-len", type=_length_range, default=None, help="N, or LO:HI for throughput (default 64 / 32:256)")
+    ap.add_argument("--max-num-seqs", type=int, default=None, help="engines from m2 on; hf: the static batch size")
+    ap.add_argument("--max-model-len", type=int, default=None, help="the engines' context (sizes m2's KV slots)")
+    ap.add_argument("--kv-cache-memory-bytes", type=int, default=None)
     ap.add_argument("--out", type=Path, default=None, help="write the JSON result here")
     args = ap.parse_args(argv)
+    if args.workload == "compare":
+        if args.result is None or not args.result.exists():
+            ap.error(f"compare needs the JSON file of a run (--out of latency or throughput), got {args.result}")
+        report = json.loads(args.result.read_text())
+        Console().print(render_compare(report))
+        return report
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    setup = {"model": args.model, "device": args.device, "dtype": dtype,
+             "machine": machine_info(args.device), "date": time.strftime("%Y-%m-%d")}
     try:
-        workload = Workload(args.workload, args.num_requests, args.prompt_len, args.output_len)
+        if args.workload == "latency":
+            prompt_len, output_len = args.prompt_len or (128, 128), args.output_len or (64, 64)
+            if prompt_len[0] != prompt_len[1] or output_len[0] != output_len[1]:
+                raise ValueError("the latency workload takes fixed lengths (N), not ranges")
+            workload = Workload("latency", args.num_requests or 5, prompt_len[0], output_len[0])
+        else:
+            workload = ThroughputWorkload(args.num_requests or 64, args.prompt_len or (32, 256),
+                                          args.output_len or (32, 256))
     except ValueError as e:
         ap.error(str(e))
     model = resolve_bench_model(args.model, dtype)
-    results = [r.summary() for r in run_latency(args.engines, model, args.device, dtype, workload)]
-    setup = {"model": args.model, "device": args.device, "dtype": dtype, "workload": asdict(workload),
-             "machine": machine_info(args.device), "date": time.strftime("%Y-%m-%d")}
+    setup["workload"] = asdict(workload)
+    if args.workload == "latency":
+        results = [r.summary() for r in run_latency(args.engines or ["m1_basic", "hf"], model, args.device, dtype, workload)]
+        table = render(results, setup)
+    else:
+        setup.update(max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len,
+                     kv_cache_memory_bytes=args.kv_cache_memory_bytes)
+        results = run_throughput(args.engines or ["m1_basic", "m2_batching"], model, args.device, dtype, workload,
+                                 max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
+                                 kv_cache_memory_bytes=args.kv_cache_memory_bytes)
+        table = render_throughput(results, setup)
     report = {"setup": setup, "results": results}
-    Console().print(render(results, setup))
+    Console().print(table)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=1))

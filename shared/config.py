@@ -162,3 +162,34 @@ class EngineConfig:
     @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
+
+
+@dataclass
+class SchedulerConfig:
+    """How much work one engine step may do (M2+). Passed as options: `LLM(max_num_seqs=32, ...)`."""
+
+    max_num_seqs: int = 64  # sequences in one step's batch
+    max_num_batched_tokens: int | None = None  # tokens in one step's batch; default: max_model_len
+
+    def resolve(self, max_model_len: int) -> SchedulerConfig:
+        """Validate against the model's context and fill the defaults."""
+        if not isinstance(self.max_num_seqs, int) or self.max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be an integer >= 1, got {self.max_num_seqs!r}")
+        tokens = max_model_len if self.max_num_batched_tokens is None else self.max_num_batched_tokens
+        if not isinstance(tokens, int) or tokens < max_model_len:
+            # without chunked prefill (M5) a prompt, or a preempted sequence being recomputed, runs in one step
+            raise ValueError(
+                f"max_num_batched_tokens must be an integer >= max_model_len ({max_model_len}), got {tokens!r}: "
+                "a whole prompt runs in one step until chunked prefill (M5); lower max_model_len instead"
+            )
+        if self.max_num_seqs > tokens:  # every running sequence decodes one token per step
+            raise ValueError(f"max_num_seqs ({self.max_num_seqs}) must be <= max_num_batched_tokens ({tokens})")
+        return SchedulerConfig(self.max_num_seqs, tokens)
+
+
+def default_kv_cache_memory_bytes(device: str) -> int:
+    """KV memory budget when none is given: 1 GiB on CPU, 80% of free memory on CUDA."""
+    if device.startswith("cuda"):
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        return int(free * 0.8)
+    return 1 << 30

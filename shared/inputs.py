@@ -67,8 +67,11 @@ def make_request(prompt: Prompt, params: SamplingParams, tokenizer: Tokenizer, m
             f"prompt is {len(ids)} tokens but the model's context (max_model_len) is {max_model_len}: "
             f"shorten it to at most {max_model_len - 1} tokens so that one can be generated"
         )
-    if params.seed is not None:
-        generator = torch.Generator(device=generator.device).manual_seed(params.seed)
+    # every request samples from its own generator: seeded from params.seed, or from a seed drawn from the
+    # engine's generator in arrival order, so its tokens never depend on which requests share its batch
+    seed = params.seed if params.seed is not None else int(
+        torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
+    generator = torch.Generator(device=generator.device).manual_seed(seed)
     rid = request_id if request_id is not None else str(next(_request_ids))
     req = Request(rid, text, ids, params, tokenizer, generator)
     req.arrival_time = arrival  # TTFT includes tokenization, as a user experiences it

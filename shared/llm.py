@@ -44,6 +44,7 @@ class LLMBase:
             raise ValueError(f"prompt {len(ids)}: {err}") from None
         done: dict[str, RequestOutput] = {}
         show = use_tqdm and len(prompts) > 1
+        stats = getattr(self.engine, "stats", None)  # engines from M2 on record per-step token counts
         with Progress(TextColumn("[bold]generating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       TextColumn("{task.fields[rate]}"), disable=not show, transient=False) as bar:
             task = bar.add_task("generate", total=len(prompts), rate="")
@@ -53,6 +54,13 @@ class LLMBase:
                     if out.finished:
                         done[out.request_id] = out
                         out_tokens += out.metrics.num_output_tokens
-                        rate = out_tokens / max(time.perf_counter() - start, 1e-9)
-                        bar.update(task, completed=len(done), rate=f"{rate:,.0f} output tok/s")
+                if show:
+                    bar.update(task, completed=len(done), rate=_rate(stats, out_tokens, time.perf_counter() - start))
         return [done[i] for i in ids]
+
+
+def _rate(stats, out_tokens: int, elapsed: float) -> str:
+    if stats is None:
+        return f"{out_tokens / max(elapsed, 1e-9):,.0f} output tok/s"
+    prefill, decode = stats.rates()
+    return f"prefill {prefill:,.0f} tok/s · decode {decode:,.0f} tok/s"

@@ -71,6 +71,10 @@ class Sequence:
         return len(self.request.prompt_token_ids) + len(self.output_token_ids)
 
     @property
+    def last_token_id(self) -> int:
+        return self.output_token_ids[-1] if self.output_token_ids else self.request.prompt_token_ids[-1]
+
+    @property
     def text(self) -> str:
         return self.detokenizer.text
 

@@ -2,7 +2,7 @@
 
 import importlib
 
-ENGINES = ["m1_basic"]
+ENGINES = ["m1_basic", "m2_batching"]
 
 
 def llm_class(name: str):
