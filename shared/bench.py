@@ -73,6 +73,7 @@ class Result:
             "e2e_s_p50": pct(self.e2e_s, 50),
             "output_tok_per_s": self.output_tokens / self.wall_s,
             "requests_per_s": len(self.e2e_s) / self.wall_s,
+            "wall_s": self.wall_s, "output_tokens": self.output_tokens,
         }
 
 
@@ -244,7 +245,7 @@ def run_throughput_hf(model: str, device: str, dtype: str, requests, batch_size:
     wall = time.perf_counter() - t0
     out_tokens = sum(o for _, o in requests)
     return {"engine": "hf", "output_tok_per_s": out_tokens / wall, "requests_per_s": len(requests) / wall,
-            "e2e_s_p50": statistics.median(e2e), "batch_size": batch_size}
+            "e2e_s_p50": statistics.median(e2e), "wall_s": wall, "output_tokens": out_tokens, "batch_size": batch_size}
 
 
 def run_throughput(engines: list[str], model: str, device: str, dtype: str, workload: ThroughputWorkload,
@@ -377,7 +378,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.result is None or not args.result.exists():
             ap.error(f"compare needs the JSON file of a run (--out of latency or throughput), got {args.result}")
         report = json.loads(args.result.read_text())
-        Console().print(render_compare(report))
+        Console(width=None if Console().is_terminal else 180).print(render_compare(report))
         return report
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     setup = {"model": args.model, "device": args.device, "dtype": dtype,
@@ -406,7 +407,10 @@ def main(argv: list[str] | None = None) -> dict:
                                  kv_cache_memory_bytes=args.kv_cache_memory_bytes)
         table = render_throughput(results, setup)
     report = {"setup": setup, "results": results}
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=180)  # a log file or a notebook: no terminal width to fit
+    console.print(table)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=1))

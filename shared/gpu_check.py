@@ -2,8 +2,9 @@
 
     python -m shared.gpu_check OUT_DIR
 
-Writes OUT_DIR/pytest_gpu.log and OUT_DIR/bench_latency.json (Qwen3-0.6B shape, random bf16 weights,
-every engine against HF generate in the same run). Later milestones add their workloads here.
+Writes OUT_DIR/pytest_gpu.log, OUT_DIR/bench_latency.json and OUT_DIR/bench_throughput.json (Qwen3-0.6B
+shape, random bf16 weights, every engine against HF generate in the same run). Later milestones add
+their workloads here.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ def main(out: Path) -> int:
 
     bench(["latency", "--engines", *ENGINES, "hf", "--model", "random:qwen3-0.6b", "--device", "cuda",
            "--num-requests", "5", "--prompt-len", "128", "--output-len", "128", "--out", str(out / "bench_latency.json")])
+    batching = [e for e in ENGINES if e != "m1_basic"]  # m1 serves one request at a time: minutes on this workload
+    bench(["throughput", "--engines", *batching, "hf", "--model", "random:qwen3-0.6b", "--device", "cuda",
+           "--num-requests", "256", "--prompt-len", "100:1024", "--output-len", "100:1024", "--max-num-seqs", "64",
+           "--max-model-len", "2048", "--out", str(out / "bench_throughput.json")])
     return rc
 
 

@@ -83,27 +83,29 @@ def test_first_come_first_served():
 
 
 def test_preemption_takes_the_newest_and_recomputes_it():
-    """Two sequences grow under a budget for only one grown slot: the newer one is preempted, goes to the
-    front of the queue, is recomputed later and produces exactly what it would have without preemption."""
+    """Three sequences must grow at the same step under a budget for only one grown slot. The oldest grows,
+    the newest is preempted first, then the middle one preempts itself. Both wait at the front of the
+    queue in arrival order, are recomputed later and produce exactly what they would have without
+    preemption."""
     params = SamplingParams(temperature=0.8, top_p=0.95, max_tokens=40, seed=7, ignore_eos=True)
-    reference = make_llm().generate([prompt(60, 1), prompt(60, 2)], [params, params], use_tqdm=False)
+    prompts = [prompt(60, i) for i in range(3)]
+    reference = make_llm().generate(prompts, [params] * 3, use_tqdm=False)
     # slots start at 64 positions (60 rounded up to a power of two) and double to 128 = MAX_LEN;
-    # the budget, 128 positions, holds two small slots or one grown one
-    engine = make_llm(kv_reservation="doubling", kv_cache_memory_bytes=MAX_LEN * KV_BYTES_PER_TOKEN).engine
-    old = engine.add_request(prompt(60, 1), params)
-    new = engine.add_request(prompt(60, 2), params)
-    for _ in range(5):  # prefill, then decodes until both hold 64 tokens: still fit
+    # the budget, 192 positions, holds three small slots or one grown one and one small one
+    engine = make_llm(kv_reservation="doubling", kv_cache_memory_bytes=192 * KV_BYTES_PER_TOKEN).engine
+    ids = [engine.add_request(p, params) for p in prompts]
+    for _ in range(5):  # prefill, then decodes until all three hold 64 tokens: still fit
         engine.step()
-    assert engine.stats.preemptions == 0 and len(engine.scheduler.running) == 2
-    engine.step()  # the old one needs position 64 -> its slot doubles -> the newest must make room
-    seq_new = engine.requests[new].seqs[0]
-    assert seq_new.status is SequenceStatus.PREEMPTED and engine.scheduler.waiting[0] is seq_new
-    assert engine.stats.history[-1].num_preempted == 1 and engine.stats.history[-1].num_running == 1
+    assert engine.stats.preemptions == 0 and len(engine.scheduler.running) == 3
+    engine.step()  # all need position 64 -> the oldest's slot doubles -> the newest make room
+    oldest, middle, newest = (engine.requests[i].seqs[0] for i in ids)
+    assert engine.scheduler.running == [oldest] and list(engine.scheduler.waiting) == [middle, newest]
+    assert middle.status is newest.status is SequenceStatus.PREEMPTED
+    assert engine.stats.history[-1].num_preempted == 2 and engine.stats.history[-1].num_running == 1
     done = drain(engine)
-    assert seq_new.num_preemptions >= 1
-    assert done[old].outputs[0].token_ids == reference[0].outputs[0].token_ids
-    assert done[new].outputs[0].token_ids == reference[1].outputs[0].token_ids
-    assert done[new].metrics.num_preemptions >= 1
+    for rid, ref in zip(ids, reference, strict=True):
+        assert done[rid].outputs[0].token_ids == ref.outputs[0].token_ids
+    assert [done[rid].metrics.num_preemptions >= 1 for rid in ids] == [False, True, True]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
