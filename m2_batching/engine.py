@@ -35,7 +35,8 @@ class LLMEngine:
         self.device, self.dtype = config.device, config.dtype
         self.model, self.model_config, self.tokenizer, self.max_model_len = load_for_engine(config)
         self.scheduler_config = SchedulerConfig(max_num_seqs, max_num_batched_tokens).resolve(self.max_model_len)
-        memory = kv_cache_memory_bytes or default_kv_cache_memory_bytes(config.device)
+        one_sequence = self.max_model_len * self.model_config.kv_bytes_per_token(config.torch_dtype)
+        memory = kv_cache_memory_bytes or default_kv_cache_memory_bytes(config.device, at_least=one_sequence)
         self.cache = ContiguousKVCache(self.model_config, self.max_model_len, memory, kv_reservation,
                                        config.torch_dtype, config.device)
         self.scheduler = Scheduler(self.scheduler_config, self.cache)

@@ -169,13 +169,15 @@ class SchedulerConfig:
     """How much work one engine step may do (M2+). Passed as options: `LLM(max_num_seqs=32, ...)`."""
 
     max_num_seqs: int = 64  # sequences in one step's batch
-    max_num_batched_tokens: int | None = None  # tokens in one step's batch; default: max_model_len
+    max_num_batched_tokens: int | None = None  # tokens in one step's batch; default: max(max_model_len, max_num_seqs)
 
     def resolve(self, max_model_len: int) -> SchedulerConfig:
         """Validate against the model's context and fill the defaults."""
         if not isinstance(self.max_num_seqs, int) or self.max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be an integer >= 1, got {self.max_num_seqs!r}")
-        tokens = max_model_len if self.max_num_batched_tokens is None else self.max_num_batched_tokens
+        tokens = self.max_num_batched_tokens
+        if tokens is None:  # enough for the longest prompt, and for every running sequence's decode token
+            tokens = max(max_model_len, self.max_num_seqs)
         if not isinstance(tokens, int) or tokens < max_model_len:
             # without chunked prefill (M5) a prompt, or a preempted sequence being recomputed, runs in one step
             raise ValueError(
@@ -187,9 +189,10 @@ class SchedulerConfig:
         return SchedulerConfig(self.max_num_seqs, tokens)
 
 
-def default_kv_cache_memory_bytes(device: str) -> int:
-    """KV memory budget when none is given: 1 GiB on CPU, 80% of free memory on CUDA."""
+def default_kv_cache_memory_bytes(device: str, at_least: int = 0) -> int:
+    """KV memory budget when none is given: 1 GiB on CPU, 80% of free memory on CUDA, and never less than
+    `at_least` (an engine passes one full-length sequence, so any model runs with the defaults)."""
     if device.startswith("cuda"):
         free, _ = torch.cuda.mem_get_info(torch.device(device))
-        return int(free * 0.8)
-    return 1 << 30
+        return max(int(free * 0.8), at_least)
+    return max(1 << 30, at_least)

@@ -126,3 +126,21 @@ def test_cli_streams_and_summarises():
 def test_cli_error_is_one_line():
     r = subprocess.run([sys.executable, "-m", "m2_batching", "--top-p", "1.5"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "top_p must be in (0, 1]" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_default_budget_always_holds_one_full_sequence():
+    """Qwen3-0.6B in fp32 needs 114 KiB per token: a 40,960-token slot is 4.7 GB, more than the 1 GiB CPU
+    default. Without an explicit budget the engine still starts; an explicit one that is too small fails."""
+    from shared.config import default_kv_cache_memory_bytes
+
+    assert default_kv_cache_memory_bytes("cpu") == 1 << 30
+    assert default_kv_cache_memory_bytes("cpu", at_least=5 << 30) == 5 << 30
+    llm = LLM(model="tiny-qwen3", device="cpu", dtype="float32")  # 8,192 positions x 4 KiB = 32 MiB: the default fits
+    assert llm.engine.cache.capacity_tokens == (1 << 30) // 4096
+
+
+def test_cli_max_model_len():
+    r = subprocess.run([sys.executable, "-m", "m2_batching", "def f():", "--max-tokens", "50", "--ignore-eos",
+                        "--max-model-len", "20"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "(length)" in r.stdout and "50 tokens" not in r.stdout  # stopped at the context, before max_tokens
