@@ -56,7 +56,6 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_start:
     return out.transpose(0, 1)  # [Tq, heads, d]
 
 
-
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Attention of one sequence's single newest query over all its keys (no mask needed), with GQA.
 

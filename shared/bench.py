@@ -30,6 +30,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from shared.llm import engine_options
 from shared.sampling import SamplingParams
 
 
@@ -181,19 +182,12 @@ class ThroughputWorkload:
         return out
 
 
-def engine_options(name: str, options: dict) -> dict:
-    """The subset of `options` (max_num_seqs, ...) that milestone `name`'s engine accepts."""
-    import inspect
-
-    engine = importlib.import_module(name).LLMEngine
-    accepted = inspect.signature(engine.__init__).parameters
-    return {k: v for k, v in options.items() if k in accepted and v is not None}
-
-
 def run_throughput_milestone(name: str, model: str, device: str, dtype: str, requests, max_model_len: int | None,
                              options: dict) -> dict:
-    llm = importlib.import_module(name).LLM(model=model, device=device, dtype=dtype, max_model_len=max_model_len,
-                                            **engine_options(name, options))
+    llm_class = importlib.import_module(name).LLM
+    accepted = engine_options(llm_class.engine_class)  # m1 takes no max_num_seqs: pass each engine what it knows
+    llm = llm_class(model=model, device=device, dtype=dtype, max_model_len=max_model_len,
+                    **{k: v for k, v in options.items() if k in accepted and v is not None})
     greedy = [SamplingParams(temperature=0, max_tokens=o, ignore_eos=True) for _, o in requests]
     llm.generate([ids for ids, _ in requests[:2]], greedy[:2], use_tqdm=False)  # warm-up
     stats = getattr(llm.engine, "stats", None)

@@ -17,12 +17,17 @@ from shared.outputs import RequestOutput
 from shared.sampling import SamplingParams
 
 
+def engine_options(engine_class: type) -> list[str]:
+    """The options a milestone's engine takes beyond the EngineConfig (max_num_seqs, ...), from its signature."""
+    return [p for p in inspect.signature(engine_class.__init__).parameters if p not in ("self", "config")]
+
+
 class LLMBase:
     engine_class: type  # the milestone's LLMEngine
 
     def __init__(self, model: str = "tiny-qwen3", device: str = "auto", dtype: str = "auto",
                  max_model_len: int | None = None, seed: int = 0, **options) -> None:
-        allowed = [p for p in inspect.signature(self.engine_class.__init__).parameters if p not in ("self", "config")]
+        allowed = engine_options(self.engine_class)
         unknown = sorted(set(options) - set(allowed))
         if unknown:
             raise ValueError(f"unknown option(s) {unknown} for {self.engine_class.__module__}; allowed: {allowed or 'none'}")

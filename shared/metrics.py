@@ -36,7 +36,6 @@ class EngineStats:
     prefill_seconds: float = 0.0  # wall time of steps that ran any prefill
     decode_seconds: float = 0.0  # wall time of decode-only steps
     preemptions: int = 0
-    keep_history: bool = True
 
     def record(self, rec: StepRecord) -> None:
         self.prefill_tokens += rec.num_prefill_tokens
@@ -46,8 +45,7 @@ class EngineStats:
         else:
             self.decode_seconds += rec.duration
         self.preemptions += rec.num_preempted
-        if self.keep_history:
-            self.history.append(rec)
+        self.history.append(rec)
 
     def rates(self) -> tuple[float, float]:
         """(prefill tokens/s over steps that prefilled, decode tokens/s over decode-only steps)."""
