@@ -48,7 +48,8 @@ class LLMEngine:
     def add_request(self, prompt: Prompt, params: SamplingParams, request_id: str | None = None) -> str:
         if request_id is not None and request_id in self.requests:
             raise ValueError(f"request_id {request_id!r} is already in use by an unfinished request")
-        req = make_request(prompt, params, self.tokenizer, self.max_model_len, self.generator, request_id)
+        req = make_request(prompt, params, self.tokenizer, self.max_model_len, self.generator, request_id,
+                           max_n=self.scheduler_config.max_num_seqs)  # n > 1: each completion gets its own slot
         self.requests[req.request_id] = req
         for seq in req.seqs:
             self.scheduler.add(seq)

@@ -189,6 +189,25 @@ class SchedulerConfig:
         return SchedulerConfig(self.max_num_seqs, tokens)
 
 
+BLOCK_SIZES = (1, 2, 4, 8, 16, 32, 64, 128)  # powers of two: the Triton kernel tiles a block with tl.arange
+
+
+@dataclass
+class CacheConfig:
+    """How the paged KV cache (M3+) is cut: `block_size` token positions per block, and the memory budget.
+    Passed as options: `LLM(block_size=16, kv_cache_memory_bytes=64 << 20, ...)`."""
+
+    block_size: int = 16
+    kv_cache_memory_bytes: int | None = None  # default: default_kv_cache_memory_bytes(device)
+
+    def __post_init__(self) -> None:
+        if self.block_size not in BLOCK_SIZES:
+            raise ValueError(f"block_size must be one of {list(BLOCK_SIZES)}, got {self.block_size!r}")
+        b = self.kv_cache_memory_bytes
+        if b is not None and (not isinstance(b, int) or isinstance(b, bool) or b < 1):
+            raise ValueError(f"kv_cache_memory_bytes must be a positive integer, got {b!r}")
+
+
 def default_kv_cache_memory_bytes(device: str, at_least: int = 0) -> int:
     """KV memory budget when none is given: 1 GiB on CPU, 80% of free memory on CUDA, and never less than
     `at_least` (an engine passes one full-length sequence, so any model runs with the defaults)."""

@@ -43,12 +43,25 @@ def normalize_params(params: SamplingParams | list[SamplingParams] | None, n: in
     return params
 
 
+def sequence_seeds(seed: int, n: int) -> list[int]:
+    """Seeds of a request's n completions: the first is the request's own seed (so n=1 is unchanged), the
+    others are drawn from a generator seeded with it, so `seed` alone fixes all n completions."""
+    g = torch.Generator().manual_seed(seed)
+    return [seed] + [int(torch.randint(0, 2**62, (1,), generator=g).item()) for _ in range(n - 1)]
+
+
 def make_request(prompt: Prompt, params: SamplingParams, tokenizer: Tokenizer, max_model_len: int,
-                 generator: torch.Generator, request_id: str | None = None) -> Request:
-    """Tokenize and validate one prompt and wrap it in a Request (arrival is stamped before tokenizing)."""
+                 generator: torch.Generator, request_id: str | None = None, max_n: int = 1) -> Request:
+    """Tokenize and validate one prompt and wrap it in a Request (arrival is stamped before tokenizing).
+
+    `max_n` is the most completions per request the engine runs (`SamplingParams.n`): 1 for a
+    one-sequence engine, max_num_seqs for a batching one, since a request's completions run together."""
     arrival = time.perf_counter()
     if not isinstance(params, SamplingParams):
         raise ValueError(f"sampling params must be a SamplingParams, got {type(params).__name__}")
+    if params.n > max_n:
+        raise ValueError(f"n={params.n} completions per request, but this engine runs at most {max_n} at once"
+                         + (" (max_num_seqs)" if max_n > 1 else ": use m2_batching or later for n > 1"))
     if isinstance(prompt, str):
         if not prompt:
             raise ValueError("prompt is empty: give at least one character or token")
@@ -71,8 +84,8 @@ def make_request(prompt: Prompt, params: SamplingParams, tokenizer: Tokenizer, m
     # engine's generator in arrival order, so its tokens never depend on which requests share its batch
     seed = params.seed if params.seed is not None else int(
         torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
-    generator = torch.Generator(device=generator.device).manual_seed(seed)
+    generators = [torch.Generator(device=generator.device).manual_seed(s) for s in sequence_seeds(seed, params.n)]
     rid = request_id if request_id is not None else str(next(_request_ids))
-    req = Request(rid, text, ids, params, tokenizer, generator)
+    req = Request(rid, text, ids, params, tokenizer, generators)
     req.arrival_time = arrival  # TTFT includes tokenization, as a user experiences it
     return req

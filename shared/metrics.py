@@ -21,6 +21,7 @@ class StepRecord:
     num_preempted: int  # sequences preempted by this step's scheduling
     kv_used_tokens: int  # positions that hold a real token's K/V
     kv_reserved_tokens: int  # positions set aside for running sequences
+    kv_blocks_used: int | None = None  # physical blocks in use (paged engines, M3+)
 
     @property
     def kv_utilization(self) -> float:
@@ -30,6 +31,7 @@ class StepRecord:
 @dataclass
 class EngineStats:
     kv_capacity_tokens: int = 0  # the KV memory budget, in token positions
+    kv_num_blocks: int | None = None  # paged engines (M3+): blocks in the pool
     history: list[StepRecord] = field(default_factory=list)
     prefill_tokens: int = 0
     decode_tokens: int = 0
@@ -66,5 +68,7 @@ class EngineStats:
             # utilisation weighted by time: sum(used) / sum(reserved) over the steps
             "kv_mean_utilization": (sum(r.kv_used_tokens for r in busy) / sum(r.kv_reserved_tokens for r in busy)
                                     if busy else 0.0),
+            "kv_num_blocks": self.kv_num_blocks,
+            "kv_peak_blocks_used": max((r.kv_blocks_used or 0 for r in busy), default=0) if self.kv_num_blocks else None,
         }
 

@@ -1,7 +1,7 @@
 """Request and Sequence: what a user asked for, and the token stream an engine grows for it.
 
 A Request holds the prompt, the sampling parameters and the timing; it owns one Sequence per
-completion (n > 1 arrives with copy-on-write in M3). A Sequence moves through a small state machine:
+completion (`SamplingParams.n`; M3 shares their prompt's KV blocks with copy-on-write). A Sequence moves through a small state machine:
 
     WAITING ──► RUNNING ──► FINISHED
                   │  ▲
@@ -121,7 +121,7 @@ class Request:
     """A user's request: prompt, parameters, timestamps, and its sequences."""
 
     def __init__(self, request_id: str, prompt: str | None, prompt_token_ids: list[int], params: SamplingParams,
-                 tokenizer: Tokenizer, generator: torch.Generator, n: int = 1) -> None:
+                 tokenizer: Tokenizer, generators: list[torch.Generator]) -> None:
         self.request_id = request_id
         self.prompt = prompt
         self.prompt_token_ids = prompt_token_ids
@@ -129,7 +129,7 @@ class Request:
         self.arrival_time = time.perf_counter()
         self.first_token_time: float | None = None
         self.finish_time: float | None = None
-        self.seqs = [Sequence(self, i, tokenizer, generator) for i in range(n)]
+        self.seqs = [Sequence(self, i, tokenizer, g) for i, g in enumerate(generators)]  # one per completion
 
     def __repr__(self) -> str:
         return f"Request({self.request_id!r}, prompt_tokens={len(self.prompt_token_ids)}, seqs={self.seqs})"

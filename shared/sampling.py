@@ -24,6 +24,7 @@ class SamplingParams:
     seed: int | None = None
     ignore_eos: bool = False
     stop: str | list[str] | None = None  # generation ends (finish_reason "stop") when the text contains one
+    n: int = 1  # completions of the prompt (parallel sampling), returned as RequestOutput.outputs[0..n-1]
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
@@ -36,6 +37,8 @@ class SamplingParams:
             self.top_k = 0
         if not isinstance(self.top_k, int) or self.top_k < 0:
             raise ValueError(f"top_k must be an integer >= 0 (0 or -1 disables it), got {self.top_k!r}")
+        if not isinstance(self.n, int) or self.n < 1:
+            raise ValueError(f"n must be an integer >= 1, got {self.n!r}")
         if self.seed is not None and not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer or None, got {self.seed!r}")
         if isinstance(self.stop, str):
