@@ -2,7 +2,7 @@
 
 One program handles one (sequence, KV head) pair and all the query heads that share that KV head (GQA),
 so each K/V block is loaded once for the whole group. It walks the sequence's block table block by
-block and keeps an online softmax, as FlashAttention does: a running maximum `m`, a running sum `l` and
+block and keeps an online softmax, as FlashAttention does: a running maximum `m`, a running sum `denom` and
 an unnormalised output `acc`, rescaled whenever the maximum grows. So a long context never has to be
 materialised, and never copied out of the pool.
 
@@ -42,7 +42,7 @@ def _paged_decode_kernel(
                 mask=g_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)  # [G, D]
 
     m = tl.full([GROUP_P], float("-inf"), tl.float32)  # running max of the scores
-    l = tl.zeros([GROUP_P], tl.float32)  # running sum of exp(score - m)
+    denom = tl.zeros([GROUP_P], tl.float32)  # running sum of exp(score - m)
     acc = tl.zeros([GROUP_P, HEAD_DIM_P], tl.float32)  # running sum of exp(score - m) * v
     for i in range(0, tl.cdiv(context_len, BLOCK_SIZE)):
         block = tl.load(block_tables_ptr + seq * stride_bts + i).to(tl.int64)  # logical block i -> physical block
@@ -55,11 +55,11 @@ def _paged_decode_kernel(
         m_new = tl.maximum(m, tl.max(s, axis=1))
         alpha = tl.exp(m - m_new)  # rescales what was summed under the old maximum
         p = tl.exp(s - m_new[:, None])
-        l = l * alpha + tl.sum(p, axis=1)
+        denom = denom * alpha + tl.sum(p, axis=1)
         v = tl.load(v_ptr + offs, mask=kv_ok, other=0.0).to(tl.float32)
         acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v[None, :, :], axis=1)
         m = m_new
-    out = acc / l[:, None]
+    out = acc / denom[:, None]
     tl.store(out_ptr + seq * stride_os + heads[:, None] * stride_oh + d[None, :], out.to(out_ptr.dtype.element_ty),
              mask=g_ok[:, None] & d_ok[None, :])
 

@@ -1,7 +1,8 @@
 """Request and Sequence: what a user asked for, and the token stream an engine grows for it.
 
 A Request holds the prompt, the sampling parameters and the timing; it owns one Sequence per
-completion (`SamplingParams.n`; M3 shares their prompt's KV blocks with copy-on-write). A Sequence moves through a small state machine:
+completion (`SamplingParams.n`; from M3 they share the prompt's KV blocks, copy-on-write). A Sequence
+moves through a small state machine:
 
     WAITING ──► RUNNING ──► FINISHED
                   │  ▲
