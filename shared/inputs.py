@@ -60,8 +60,8 @@ def make_request(prompt: Prompt, params: SamplingParams, tokenizer: Tokenizer, m
     if not isinstance(params, SamplingParams):
         raise ValueError(f"sampling params must be a SamplingParams, got {type(params).__name__}")
     if params.n > max_n:
-        raise ValueError(f"n={params.n} completions per request, but this engine runs at most {max_n} at once"
-                         + (" (max_num_seqs)" if max_n > 1 else ": use m2_batching or later for n > 1"))
+        raise ValueError(f"n={params.n} completions per request, but this engine runs at most {max_n} sequence(s) at once "
+                         "(max_num_seqs; m1_basic runs one): lower n or raise max_num_seqs")
     if isinstance(prompt, str):
         if not prompt:
             raise ValueError("prompt is empty: give at least one character or token")

@@ -2,7 +2,7 @@
 
 import importlib
 
-ENGINES = ["m1_basic", "m2_batching"]
+ENGINES = ["m1_basic", "m2_batching", "m3_paged"]
 
 
 def llm_class(name: str):
