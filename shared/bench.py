@@ -316,12 +316,13 @@ def render_throughput(results: list[dict], setup: dict) -> Table:
                     f"prompt {w['prompt_len'][0]}–{w['prompt_len'][1]}, output {w['output_len'][0]}–{w['output_len'][1]}, "
                     f"max_num_seqs {setup.get('max_num_seqs')}")
     for col in ("engine", "output tok/s", f"vs {base['engine']}", "wall s", "TTFT p50 ms", "TPOT p50 ms",
-                "max running", "KV reserved (peak tok)", "KV used (peak tok)", "KV utilisation", "preemptions"):
+                "max running", "mean running", "KV reserved (peak tok)", "KV used (peak tok)", "KV utilisation",
+                "preemptions"):
         t.add_column(col, justify="right")
     for r in results:
         t.add_row(r["engine"], f"{r['output_tok_per_s']:,.1f}", f"{r['output_tok_per_s'] / base['output_tok_per_s']:.2f}×",
                   _fmt(r, "wall_s", ".1f"), _fmt(r, "ttft_ms_p50", ".1f"), _fmt(r, "tpot_ms_p50", ".2f"),
-                  _fmt(r, "max_running", "d"), _fmt(r, "kv_peak_reserved_tokens", ",d"),
+                  _fmt(r, "max_running", "d"), _fmt(r, "mean_running", ".1f"), _fmt(r, "kv_peak_reserved_tokens", ",d"),
                   _fmt(r, "kv_peak_used_tokens", ",d"), _fmt(r, "kv_mean_utilization", ".1%"), _fmt(r, "preemptions", "d"))
     return t
 
@@ -333,7 +334,7 @@ def render_compare(report: dict) -> Table:
     t = Table(title=f"{setup['workload']['name']} · {setup['model']} · ratios to the previous engine, one run")
     t.add_column("engines")
     keys = [k for k in ("output_tok_per_s", "requests_per_s", "ttft_ms_p50", "tpot_ms_p50", "e2e_s_p50",
-                        "kv_peak_reserved_tokens", "max_running") if all(r.get(k) for r in rs)]
+                        "kv_peak_reserved_tokens", "max_running", "mean_running") if all(r.get(k) for r in rs)]
     for k in keys:
         t.add_column(k, justify="right")
     for prev, cur in itertools.pairwise(rs):
@@ -365,7 +366,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--output-len", type=_length_range, default=None, help="N, or LO:HI for throughput (default 64 / 32:256)")
     ap.add_argument("--max-num-seqs", type=int, default=None, help="engines from m2 on; hf: the static batch size")
     ap.add_argument("--max-model-len", type=int, default=None, help="the engines' context (sizes m2's KV slots)")
-    ap.add_argument("--kv-cache-memory-bytes", type=int, default=None)
+    ap.add_argument("--kv-cache-memory-bytes", type=int, default=None, help="the KV budget of every engine from m2 on")
+    ap.add_argument("--block-size", type=int, default=None, help="paged engines (m3 on): positions per KV block")
     ap.add_argument("--out", type=Path, default=None, help="write the JSON result here")
     args = ap.parse_args(argv)
     if args.workload == "compare":
@@ -395,10 +397,10 @@ def main(argv: list[str] | None = None) -> dict:
         table = render(results, setup)
     else:
         setup.update(max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len,
-                     kv_cache_memory_bytes=args.kv_cache_memory_bytes)
+                     kv_cache_memory_bytes=args.kv_cache_memory_bytes, block_size=args.block_size)
         results = run_throughput(args.engines or ["m1_basic", "m2_batching"], model, args.device, dtype, workload,
                                  max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
-                                 kv_cache_memory_bytes=args.kv_cache_memory_bytes)
+                                 kv_cache_memory_bytes=args.kv_cache_memory_bytes, block_size=args.block_size)
         table = render_throughput(results, setup)
     report = {"setup": setup, "results": results}
     console = Console()

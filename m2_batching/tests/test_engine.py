@@ -129,7 +129,7 @@ def test_cli_error_is_one_line():
 
 
 def test_default_budget_always_holds_one_full_sequence():
-    """Qwen3-0.6B in fp32 needs 114 KiB per token: a 40,960-token slot is 4.7 GB, more than the 1 GiB CPU
+    """Qwen3-0.6B in fp32 needs 224 KiB per token: a 40,960-token slot is 9.4 GB, more than the 1 GiB CPU
     default. Without an explicit budget the engine still starts; an explicit one that is too small fails."""
     from shared.config import default_kv_cache_memory_bytes
 
