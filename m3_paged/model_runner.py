@@ -54,8 +54,8 @@ class ModelRunner:
         metadata = PagedMetadata(
             num_tokens=len(token_ids), kv_cache=cache, num_decodes=nd, starts=starts, lens=lens,
             slot_mapping=torch.tensor(slots, dtype=torch.long, device=self.device),
-            block_tables=torch.tensor([t + [0] * (width - len(t)) for t in tables] or [[0]], dtype=torch.int32,
-                                      device=self.device)[:nd],
+            block_tables=torch.tensor([b for t in tables for b in t + [0] * (width - len(t))], dtype=torch.int32,
+                                      device=self.device).view(nd, width),  # padded with block 0, never read
             context_lens=torch.tensor([s + 1 for s in starts[:nd]], dtype=torch.int32, device=self.device),
         )
         input_ids = torch.tensor(token_ids, dtype=torch.long, device=self.device)
