@@ -1,11 +1,11 @@
-"""GPU checks (run by `python -m shared.gpu_check` on a lent machine); skipped without CUDA."""
+"""GPU checks (run by `python -m shared.tools.gpu_check` on a lent machine); skipped without CUDA."""
 
 import pytest
 import torch
 
-from shared.reference import hf_greedy, load_hf_model, parity_prompts
-from shared.testing import tiny_tokenizer
-from tests.milestones import ENGINES, llm_class
+from shared.tools.reference import hf_greedy, load_hf_model, parity_prompts
+from shared.tools.testing import tiny_tokenizer
+from shared.tools.milestones import ENGINES, llm_class
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 

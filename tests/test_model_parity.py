@@ -13,8 +13,8 @@ from transformers import Qwen3ForCausalLM
 from shared.config import ModelConfig, preset_hf_config
 from shared.loader import load_model
 from shared.model.qwen3 import Qwen3ForCausalLM as OurQwen3
-from shared.reference import hf_logits, our_logits, parity_prompts
-from shared.testing import hf_model, tiny_tokenizer
+from shared.tools.reference import hf_logits, our_logits, parity_prompts
+from shared.tools.testing import hf_model, tiny_tokenizer
 
 
 def _compare(ours, hf, ids, atol):

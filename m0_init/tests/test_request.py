@@ -9,7 +9,7 @@ from shared.inputs import make_request
 from shared.outputs import RequestOutput
 from shared.request import SequenceStatus
 from shared.sampling import SamplingParams
-from shared.testing import tiny_tokenizer
+from shared.tools.testing import tiny_tokenizer
 
 EOS = (0, 2)
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from shared.testing import tiny_tokenizer
+from shared.tools.testing import tiny_tokenizer
 from shared.tokenizer import REPLACEMENT, IncrementalDetokenizer
 
 TEXTS = [

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from m1_basic import LLM, SamplingParams
-from shared.testing import tiny_tokenizer
+from shared.tools.testing import tiny_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ Qwen3 of a different shape (3 layers, 6 query heads over 2 KV heads, head_dim 32
 import pytest
 
 from m1_basic import LLM, SamplingParams
-from shared.reference import parity_prompts
-from shared.testing import NEW_TOKENS, hf_reference, tiny_tokenizer
+from shared.tools.reference import parity_prompts
+from shared.tools.testing import NEW_TOKENS, hf_reference, tiny_tokenizer
 
 
 @pytest.fixture(scope="module")

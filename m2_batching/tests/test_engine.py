@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from m2_batching import LLM, SamplingParams
-from shared.testing import tiny_tokenizer
+from shared.tools.testing import tiny_tokenizer
 
 GREEDY8 = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
 

@@ -11,8 +11,8 @@ import random
 import pytest
 
 from m2_batching import LLM, SamplingParams
-from shared.reference import parity_prompts
-from shared.testing import NEW_TOKENS, hf_reference, tiny_tokenizer
+from shared.tools.reference import parity_prompts
+from shared.tools.testing import NEW_TOKENS, hf_reference, tiny_tokenizer
 
 GREEDY = SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True)
 

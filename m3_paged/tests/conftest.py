@@ -1,1 +1,1 @@
-from shared.testing import _deterministic, random_model  # noqa: F401
+from shared.tools.testing import _deterministic, random_model  # noqa: F401

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from m3_paged import LLM, SamplingParams
-from shared.testing import tiny_tokenizer
+from shared.tools.testing import tiny_tokenizer
 
 GREEDY8 = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
 SAMPLED = SamplingParams(temperature=1.0, top_k=50, max_tokens=24, ignore_eos=True, n=4, seed=5)

@@ -7,7 +7,7 @@ and context lengths that are and are not multiples of the block size.
 
 On CPU the Triton kernel runs under `TRITON_INTERPRET=1`, so the default test command covers it. The flag must
 be set before triton is first imported, which another test module may do indirectly, so the plugin
-`shared/triton_env.py` sets it before collection; the line below covers running this file on its own with
+`shared/tools/triton_env.py` sets it before collection; the line below covers running this file on its own with
 other options. On CUDA the same tests run the kernel natively, and the `gpu` tests add bf16 and fp16.
 """
 
@@ -25,8 +25,8 @@ from m3_paged.kv_cache import PagedKVCache
 from m3_paged.paged_attention_kernel import paged_decode_attention
 from shared.attention import decode_attention
 from shared.config import ModelConfig
-from shared.reference import parity_prompts
-from shared.testing import tiny_tokenizer
+from shared.tools.reference import parity_prompts
+from shared.tools.testing import tiny_tokenizer
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

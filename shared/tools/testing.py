@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from shared.loader import BUNDLED
-from shared.reference import hf_greedy, load_hf_model, parity_prompts, random_checkpoint
+from shared.tools.reference import hf_greedy, load_hf_model, parity_prompts, random_checkpoint
 from shared.tokenizer import Tokenizer
 
 NEW_TOKENS = 64  # every parity prompt generates at least this many tokens (EOS ignored)
@@ -34,7 +34,7 @@ def hf_reference(model: str, max_new_tokens: int = NEW_TOKENS, ignore_eos: bool 
     """HF greedy continuations of `parity_prompts` (token ids), EOS ignored so every one is full length."""
     tok = Tokenizer(model if Path(model).exists() else BUNDLED[model])
     ids = [tok.encode(p) for p in parity_prompts(tok)]
-    from shared.reference import eos_ids
+    from shared.tools.reference import eos_ids
 
     outs = hf_greedy(hf_model(model), ids, max_new_tokens, eos_ids(model), ignore_eos=ignore_eos)
     return tuple(tuple(o) for o in outs)

@@ -1,4 +1,4 @@
-"""A pytest plugin, loaded before collection (`-p shared.triton_env` in pyproject's addopts): without a GPU,
+"""A pytest plugin, loaded before collection (`-p shared.tools.triton_env` in pyproject's addopts): without a GPU,
 Triton kernels run in Triton's interpreter, so the default test command covers them on CPU.
 
 `TRITON_INTERPRET=1` must be in the environment before `triton` is first imported, because triton's own

@@ -1,6 +1,6 @@
 """One call for a lent GPU machine: the GPU tests, then the GPU benchmarks, results written to a folder.
 
-    python -m shared.gpu_check OUT_DIR
+    python -m shared.tools.gpu_check OUT_DIR
 
 Writes OUT_DIR/pytest_gpu.log, OUT_DIR/bench_latency.json and OUT_DIR/bench_throughput.json (Qwen3-0.6B
 shape, random bf16 weights, every engine against HF generate in the same run). Later milestones add
@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.milestones import ENGINES
+from shared.tools.milestones import ENGINES
 
 
 def main(out: Path) -> int:
@@ -21,7 +21,7 @@ def main(out: Path) -> int:
     with open(out / "pytest_gpu.log", "w") as log:
         rc = subprocess.call([sys.executable, "-m", "pytest", "-m", "gpu", "-p", "no:nbmake", "-o",
                               "addopts=--import-mode=importlib", "tests", *ENGINES], stdout=log, stderr=subprocess.STDOUT)
-    from shared.bench import main as bench
+    from shared.tools.bench import main as bench
 
     bench(["latency", "--engines", *ENGINES, "hf", "--model", "random:qwen3-0.6b", "--device", "cuda",
            "--num-requests", "5", "--prompt-len", "128", "--output-len", "128", "--out", str(out / "bench_latency.json")])
@@ -34,5 +34,5 @@ def main(out: Path) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m shared.gpu_check OUT_DIR")
+        sys.exit("usage: python -m shared.tools.gpu_check OUT_DIR")
     sys.exit(main(Path(sys.argv[1])))

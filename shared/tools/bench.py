@@ -1,9 +1,9 @@
 """Benchmark harness shared by every milestone: named workloads, metrics, a JSON result and a rich table.
 
-    python -m shared.bench latency --engines m1_basic hf --prompt-len 128 --output-len 64
-    python -m shared.bench throughput --engines m1_basic m2_batching --num-requests 64 \
+    python -m shared.tools.bench latency --engines m1_basic hf --prompt-len 128 --output-len 64
+    python -m shared.tools.bench throughput --engines m1_basic m2_batching --num-requests 64 \
         --prompt-len 32:256 --output-len 32:256 --out results.json
-    python -m shared.bench compare results.json
+    python -m shared.tools.bench compare results.json
 
 Engines are milestone package names (`m1_basic`, ...) or `hf` (transformers `generate`). Every engine in
 one invocation runs the same requests on the same machine, and the table reports each one's ratio to
@@ -101,7 +101,7 @@ def hf_runner(model: str, device: str, dtype: str, workload: Workload):
     """The same service through transformers `generate`; a logits processor timestamps every step."""
     from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-    from shared.reference import load_hf_model
+    from shared.tools.reference import load_hf_model
 
     hf = load_hf_model(model, dtype=dtype, device=device)
     stamps: list[float] = []
@@ -216,7 +216,7 @@ def run_throughput_hf(model: str, device: str, dtype: str, requests, batch_size:
     are counted, so the work spent on finished rows and padding shows up as lost throughput."""
     from transformers import GenerationConfig
 
-    from shared.reference import load_hf_model
+    from shared.tools.reference import load_hf_model
 
     hf = load_hf_model(model, dtype=dtype, device=device)
 
@@ -263,7 +263,7 @@ def resolve_bench_model(model: str, dtype: str) -> str:
     """`random:<preset>` -> a temporary random-weight checkpoint of that shape; anything else unchanged."""
     if not model.startswith("random:"):
         return model
-    from shared.reference import random_checkpoint
+    from shared.tools.reference import random_checkpoint
 
     out = Path(tempfile.gettempdir()) / f"folovllm-{model.replace(':', '-')}-{dtype}"
     if not (out / "config.json").exists():
@@ -351,7 +351,7 @@ def _length_range(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(prog="python -m shared.bench", description="FoloVLLM benchmarks.")
+    ap = argparse.ArgumentParser(prog="python -m shared.tools.bench", description="FoloVLLM benchmarks.")
     ap.add_argument("workload", choices=["latency", "throughput", "compare"],
                     help="latency: single requests, one after another, engines interleaved; "
                          "throughput: every request at once (nano-vllm style); compare: ratios of a saved run")

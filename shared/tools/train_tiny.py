@@ -1,6 +1,6 @@
 """Train the bundled `tiny-qwen3` model from scratch on Python's standard library source.
 
-Run with `python -m shared.train_tiny` (about 20 minutes on 2 CPU cores). It writes an HF-format model to
+Run with `python -m shared.tools.train_tiny` (about 20 minutes on 2 CPU cores). It writes an HF-format model to
 `shared/assets/tiny-qwen3/`: config.json, model.safetensors, tokenizer files and `training.json` with the
 setup, the loss curve and the held-out perplexity. Everything it needs is on every machine offline.
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-ASSET_DIR = Path(__file__).parent / "assets" / "tiny-qwen3"
+ASSET_DIR = Path(__file__).parent.parent / "assets" / "tiny-qwen3"
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = (
     "{%- for message in messages %}"
