@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from shared.tools.milestones import ENGINES, llm_class
 from shared.tools.reference import hf_greedy, load_hf_model, parity_prompts
 from shared.tools.testing import tiny_tokenizer
-from shared.tools.milestones import ENGINES, llm_class
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 

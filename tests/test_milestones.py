@@ -9,10 +9,10 @@ import functools
 
 import pytest
 
-from shared.tools.reference import parity_prompts
 from shared.sampling import SamplingParams
-from shared.tools.testing import NEW_TOKENS, hf_reference, tiny_tokenizer
 from shared.tools.milestones import ENGINES, llm_class
+from shared.tools.reference import parity_prompts
+from shared.tools.testing import NEW_TOKENS, hf_reference, tiny_tokenizer
 
 
 @functools.cache

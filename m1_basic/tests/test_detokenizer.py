@@ -2,8 +2,8 @@
 
 import pytest
 
-from shared.tools.testing import tiny_tokenizer
 from shared.tokenizer import REPLACEMENT, IncrementalDetokenizer
+from shared.tools.testing import tiny_tokenizer
 
 TEXTS = [
     "def greet(name):\n    return f'Grüße, {name}!'\n",

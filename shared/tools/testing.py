@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from shared.loader import BUNDLED
-from shared.tools.reference import hf_greedy, load_hf_model, parity_prompts, random_checkpoint
 from shared.tokenizer import Tokenizer
+from shared.tools.reference import hf_greedy, load_hf_model, parity_prompts, random_checkpoint
 
 NEW_TOKENS = 64  # every parity prompt generates at least this many tokens (EOS ignored)
 
