@@ -18,7 +18,7 @@ from shared.inputs import Prompt, make_request
 from shared.llm import LLMBase
 from shared.loader import load_for_engine
 from shared.outputs import RequestOutput
-from shared.request import Request, SequenceStatus
+from shared.request import Request, SequenceStatus, claim_request_id
 from shared.sampling import SamplingParams
 
 
@@ -32,22 +32,26 @@ class LLMEngine:
         self.waiting: deque[Request] = deque()
         self.current: Request | None = None
         self.cache: ContiguousKVCache | None = None
+        self.requests: dict[str, Request] = {}  # unfinished requests by id
+        self.stats = None  # m1 records no per-step figures; engines from M2 on do
 
     def add_request(self, prompt: Prompt, params: SamplingParams, request_id: str | None = None) -> str:
-        req = make_request(prompt, params, self.tokenizer, self.max_model_len, self.generator, request_id)
+        rid = claim_request_id(request_id, self.requests)
+        req = make_request(prompt, params, self.tokenizer, self.max_model_len, self.generator, rid)
+        self.requests[rid] = req
         self.waiting.append(req)
-        return req.request_id
+        return rid
 
     def abort_request(self, request_id: str) -> None:
-        if self.current is not None and self.current.request_id == request_id:
-            self.current.abort()
-            self._release()
+        """Stop a request, running or waiting; an unknown or already finished id is ignored."""
+        req = self.requests.pop(request_id, None)
+        if req is None:
             return
-        for req in self.waiting:
-            if req.request_id == request_id:
-                req.abort()
-                self.waiting.remove(req)
-                return
+        req.abort()
+        if req is self.current:
+            self._release()
+        else:
+            self.waiting.remove(req)
 
     def has_unfinished_requests(self) -> bool:
         return self.current is not None or bool(self.waiting)
@@ -70,6 +74,7 @@ class LLMEngine:
         seq.append_token(token, self.model_config.eos_token_ids, self.max_model_len)
         output = RequestOutput.from_request(self.current)
         if seq.is_finished:
+            del self.requests[self.current.request_id]
             self._release()
         return [output]
 

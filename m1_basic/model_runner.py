@@ -29,7 +29,7 @@ class ModelRunner:
     def _run(self, seq: Sequence, cache: ContiguousKVCache, token_ids: list[int], start: int) -> int:
         input_ids = torch.tensor(token_ids, dtype=torch.long, device=self.device)  # [T]
         positions = torch.arange(start, start + len(token_ids), device=self.device)  # [T]
-        metadata = NaiveMetadata(num_tokens=len(token_ids), start_pos=start, kv_cache=cache)
+        metadata = NaiveMetadata(start_pos=start, kv_cache=cache)
         hidden = self.model(input_ids, positions, self.backend, metadata)  # [T, hidden]
         logits = self.model.compute_logits(hidden[-1:])  # [1, vocab]
         return self.sampler(logits, [seq.request.params], [seq.generator]).item()

@@ -22,7 +22,7 @@ from shared.llm import LLMBase
 from shared.loader import load_for_engine
 from shared.metrics import EngineStats, StepRecord
 from shared.outputs import RequestOutput
-from shared.request import Request
+from shared.request import Request, claim_request_id
 from shared.sampling import SamplingParams
 
 
@@ -40,15 +40,14 @@ class LLMEngine:
         self.cache = ContiguousKVCache(self.model_config, self.max_model_len, memory, kv_reservation,
                                        config.torch_dtype, config.device)
         self.scheduler = Scheduler(self.scheduler_config, self.cache)
-        self.runner = ModelRunner(self.model, self.model_config, config.torch_dtype, config.device)
+        self.runner = ModelRunner(self.model, config.device)
         self.generator = torch.Generator(device=config.device).manual_seed(config.seed)
         self.requests: dict[str, Request] = {}  # unfinished requests by id
         self.stats = EngineStats(kv_capacity_tokens=self.cache.capacity_tokens)
 
     def add_request(self, prompt: Prompt, params: SamplingParams, request_id: str | None = None) -> str:
-        if request_id is not None and request_id in self.requests:
-            raise ValueError(f"request_id {request_id!r} is already in use by an unfinished request")
-        req = make_request(prompt, params, self.tokenizer, self.max_model_len, self.generator, request_id,
+        rid = claim_request_id(request_id, self.requests)
+        req = make_request(prompt, params, self.tokenizer, self.max_model_len, self.generator, rid,
                            max_n=self.scheduler_config.max_num_seqs)  # n > 1: each completion gets its own slot
         self.requests[req.request_id] = req
         for seq in req.seqs:
@@ -74,7 +73,8 @@ class LLMEngine:
         batch = self.scheduler.schedule()
         if not batch.seqs:
             return []
-        tokens = self.runner.execute(batch.seqs, self.cache)
+        tokens = self.runner.execute(batch, self.cache)
+        self.scheduler.update_after_step(batch)
         kv_used, kv_reserved = self.cache.used_tokens, self.cache.reserved_tokens  # while the batch holds them
         touched: dict[str, Request] = {}
         for seq, token in zip(batch.seqs, tokens, strict=True):

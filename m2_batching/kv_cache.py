@@ -124,6 +124,16 @@ class ContiguousKVCache:
     def slot(self, seq: Sequence) -> Slot:
         return self.slots[seq.seq_id]
 
+    # -- the one owner of how many of a sequence's tokens are cached ------------------------------------
+    def num_computed_tokens(self, seq: Sequence) -> int:
+        """Positions of `seq` whose K/V are in its slot (0 for a sequence without one)."""
+        slot = self.slots.get(seq.seq_id)
+        return slot.length if slot is not None else 0
+
+    def mark_computed(self, seq: Sequence, num_tokens: int) -> None:
+        """After a step: `num_tokens` more positions of `seq` hold K/V."""
+        self.slots[seq.seq_id].length += num_tokens
+
     def _new_slot(self, capacity: int) -> Slot:
         c = self.config
         shape = (c.num_hidden_layers, capacity, c.num_key_value_heads, c.head_dim)

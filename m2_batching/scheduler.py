@@ -31,6 +31,7 @@ class ScheduledBatch:
     """The plan for one step: which sequences run, in batch order, and what changed."""
 
     seqs: list[Sequence] = field(default_factory=list)  # decoding sequences first, then admitted ones
+    num_new_tokens: list[int] = field(default_factory=list)  # per sequence: tokens it computes this step
     num_prefill_tokens: int = 0
     num_decode_tokens: int = 0
     preempted: list[Sequence] = field(default_factory=list)
@@ -38,6 +39,14 @@ class ScheduledBatch:
     @property
     def num_tokens(self) -> int:
         return self.num_prefill_tokens + self.num_decode_tokens
+
+    def add(self, seq: Sequence, num_new_tokens: int, decode: bool) -> None:
+        self.seqs.append(seq)
+        self.num_new_tokens.append(num_new_tokens)
+        if decode:
+            self.num_decode_tokens += num_new_tokens
+        else:
+            self.num_prefill_tokens += num_new_tokens
 
 
 class Scheduler:
@@ -64,8 +73,7 @@ class Scheduler:
             if seq.status is SequenceStatus.RUNNING:
                 self.cache.append(seq)
                 self.running.append(seq)
-                batch.seqs.append(seq)
-                batch.num_decode_tokens += 1
+                batch.add(seq, 1, decode=True)
         # 2. admit: first come, first served, while the step has sequences, tokens and memory to spare.
         # After a preemption the budget is known to be tight, so nothing new is admitted this step.
         while self.waiting and not batch.preempted and len(self.running) < self.config.max_num_seqs:
@@ -78,9 +86,13 @@ class Scheduler:
             self.cache.allocate(seq)
             seq.set_status(SequenceStatus.RUNNING)
             self.running.append(seq)
-            batch.seqs.append(seq)
-            batch.num_prefill_tokens += seq.num_tokens
+            batch.add(seq, seq.num_tokens - self.cache.num_computed_tokens(seq), decode=False)
         return batch
+
+    def update_after_step(self, batch: ScheduledBatch) -> None:
+        """The step ran: each scheduled sequence's K/V now holds the tokens it computed."""
+        for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
+            self.cache.mark_computed(seq, n)
 
     def _preempt(self, seq: Sequence, batch: ScheduledBatch) -> None:
         """Drop the sequence's KV cache; it waits at the front of the queue and is recomputed later."""

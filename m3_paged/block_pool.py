@@ -19,10 +19,10 @@ class NoFreeBlocksError(RuntimeError):
 
 
 class BlockPool:
-    def __init__(self, num_blocks: int, block_size: int) -> None:
+    def __init__(self, num_blocks: int) -> None:
         if num_blocks < 1:
             raise ValueError(f"the KV cache needs at least one block, got num_blocks={num_blocks}")
-        self.num_blocks, self.block_size = num_blocks, block_size
+        self.num_blocks = num_blocks
         self.ref_counts = [0] * num_blocks
         self.free_blocks: deque[int] = deque(range(num_blocks))  # FIFO: a freed block is reused last
 

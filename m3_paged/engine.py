@@ -28,7 +28,7 @@ from shared.llm import LLMBase
 from shared.loader import load_for_engine
 from shared.metrics import EngineStats, StepRecord
 from shared.outputs import RequestOutput
-from shared.request import Request
+from shared.request import Request, claim_request_id
 from shared.sampling import SamplingParams
 
 
@@ -47,15 +47,14 @@ class LLMEngine:
         self.cache = PagedKVCache(self.model_config, memory, block_size, self.max_model_len, config.torch_dtype, config.device)
         self.kv = KVCacheManager(self.cache.num_blocks, block_size)
         self.scheduler = Scheduler(self.scheduler_config, self.kv)
-        self.runner = ModelRunner(self.model, self.model_config, self.backend, config.device)
+        self.runner = ModelRunner(self.model, self.backend, config.device)
         self.generator = torch.Generator(device=config.device).manual_seed(config.seed)
         self.requests: dict[str, Request] = {}  # unfinished requests by id
         self.stats = EngineStats(kv_capacity_tokens=self.cache.capacity_tokens, kv_num_blocks=self.cache.num_blocks)
 
     def add_request(self, prompt: Prompt, params: SamplingParams, request_id: str | None = None) -> str:
-        if request_id is not None and request_id in self.requests:
-            raise ValueError(f"request_id {request_id!r} is already in use by an unfinished request")
-        req = make_request(prompt, params, self.tokenizer, self.max_model_len, self.generator, request_id,
+        rid = claim_request_id(request_id, self.requests)
+        req = make_request(prompt, params, self.tokenizer, self.max_model_len, self.generator, rid,
                            max_n=self.scheduler_config.max_num_seqs)
         self.requests[req.request_id] = req
         self.scheduler.add(req.seqs[0])  # with n > 1 the siblings join by forking when the prompt has run
@@ -81,10 +80,8 @@ class LLMEngine:
         if not batch.seqs:
             return []
         sampled = self.runner.execute(batch, self.kv, self.cache)
-        for parent in batch.seqs:
-            for child in batch.forks.get(parent.seq_id, ()):
-                self.scheduler.fork(parent, child)
-        kv_used, kv_blocks = self.kv.used_tokens, self.kv.pool.num_used  # while the batch holds its blocks
+        self.scheduler.update_after_step(batch)  # cached counts advance; n > 1 siblings fork
+        kv_used, kv_blocks = self.kv.used_tokens, self.kv.num_used_blocks  # while the batch holds its blocks
         touched: dict[str, Request] = {}
         for seq, token in sampled:
             seq.append_token(token, self.model_config.eos_token_ids, self.max_model_len)

@@ -26,9 +26,9 @@ from shared.request import Sequence
 class KVCacheManager:
     def __init__(self, num_blocks: int, block_size: int) -> None:
         self.block_size = block_size
-        self.pool = BlockPool(num_blocks, block_size)
+        self.pool = BlockPool(num_blocks)
         self.block_tables: dict[int, list[int]] = {}  # seq_id -> physical block of each logical block
-        self.num_computed_tokens: dict[int, int] = {}  # seq_id -> positions whose K/V are in the cache
+        self._computed: dict[int, int] = {}  # seq_id -> positions whose K/V are in the cache (see num_computed_tokens)
         self.pending_copies: list[tuple[int, int]] = []  # copy-on-write (src, dst) for the next forward pass
 
     def blocks_for(self, num_tokens: int) -> int:
@@ -42,7 +42,7 @@ class KVCacheManager:
     def allocate(self, seq: Sequence) -> None:
         assert seq.seq_id not in self.block_tables, f"{seq} already has a block table"
         self.block_tables[seq.seq_id] = [self.pool.allocate() for _ in range(self.blocks_for(seq.num_tokens))]
-        self.num_computed_tokens[seq.seq_id] = 0
+        self._computed[seq.seq_id] = 0
 
     def _blocks_to_append(self, seq: Sequence) -> int:
         """Free blocks `seq` needs to write its next position (num_tokens - 1): 1 for a new block or a copy, else 0."""
@@ -73,14 +73,14 @@ class KVCacheManager:
         for block in table:
             self.pool.incref(block)
         self.block_tables[child.seq_id] = table
-        self.num_computed_tokens[child.seq_id] = self.num_computed_tokens[parent.seq_id]
+        self._computed[child.seq_id] = self._computed[parent.seq_id]
 
     def free(self, seq: Sequence) -> None:
         """Drop the sequence's table (finish, abort or preemption); a sequence without one is ignored."""
         table = self.block_tables.pop(seq.seq_id, None)
         if table is None:
             return
-        del self.num_computed_tokens[seq.seq_id]
+        del self._computed[seq.seq_id]
         for block in reversed(table):  # the tail first, as vLLM does (it matters for M6's eviction order)
             self.pool.decref(block)
         if self.pending_copies:  # a copy into a block that was just given back is no longer wanted
@@ -91,7 +91,20 @@ class KVCacheManager:
         copies, self.pending_copies = self.pending_copies, []
         return copies
 
+    # -- the one owner of how many of a sequence's tokens are cached ------------------------------------
+    def num_computed_tokens(self, seq: Sequence) -> int:
+        """Positions of `seq` whose K/V are in its blocks (0 for a sequence without a block table)."""
+        return self._computed.get(seq.seq_id, 0)
+
+    def mark_computed(self, seq: Sequence, num_tokens: int) -> None:
+        """After a step: `num_tokens` more positions of `seq` hold K/V (the scheduler calls this)."""
+        self._computed[seq.seq_id] += num_tokens
+
     # -- what the model runner needs ---------------------------------------------------------------
+    def block_table(self, seq: Sequence) -> list[int]:
+        """Physical block of each of `seq`'s logical blocks."""
+        return self.block_tables[seq.seq_id]
+
     def slot_mapping(self, seq: Sequence, start: int, num: int) -> list[int]:
         """Flat cache slots (block * block_size + offset) where positions start .. start+num-1 are written."""
         table, size = self.block_tables[seq.seq_id], self.block_size
@@ -105,16 +118,15 @@ class KVCacheManager:
         """Positions that hold a token's K/V, counting a shared block once."""
         filled: dict[int, int] = {}
         for seq_id, table in self.block_tables.items():
-            cached = self.num_computed_tokens[seq_id]
+            cached = self._computed[seq_id]
             for i, block in enumerate(table):
                 n = min(self.block_size, max(0, cached - i * self.block_size))
                 filled[block] = max(filled.get(block, 0), n)
         return sum(filled.values())
 
     @property
-    def reserved_tokens(self) -> int:
-        """Positions in blocks that are in use."""
-        return self.pool.num_used * self.block_size
+    def num_used_blocks(self) -> int:
+        return self.pool.num_used
 
     def check_invariants(self, running: set[int]) -> None:
         """What must hold between steps (the randomized test calls this after every one)."""
@@ -123,7 +135,7 @@ class KVCacheManager:
         holders = Counter(b for table in self.block_tables.values() for b in table)
         for seq_id, table in self.block_tables.items():
             assert len(set(table)) == len(table), f"sequence {seq_id} holds a block twice"
-            assert len(table) == self.blocks_for(self.num_computed_tokens[seq_id]), f"sequence {seq_id}: table size"
+            assert len(table) == self.blocks_for(self._computed[seq_id]), f"sequence {seq_id}: table size"
         free = set(pool.free_blocks)
         assert len(free) == len(pool.free_blocks), "a block is on the free list twice"
         assert not free & holders.keys(), "a block is both free and owned"

@@ -20,14 +20,13 @@ from m3_paged.kv_cache import PagedKVCache
 from m3_paged.kv_cache_manager import KVCacheManager
 from m3_paged.scheduler import ScheduledBatch
 from shared.attention import AttentionBackend
-from shared.config import ModelConfig
 from shared.request import Sequence
 from shared.sampling import Sampler
 
 
 class ModelRunner:
-    def __init__(self, model: torch.nn.Module, config: ModelConfig, backend: AttentionBackend, device: str) -> None:
-        self.model, self.config, self.backend, self.device = model, config, backend, device
+    def __init__(self, model: torch.nn.Module, backend: AttentionBackend, device: str) -> None:
+        self.model, self.backend, self.device = model, backend, device
         self.sampler = Sampler()
 
     @torch.inference_mode()
@@ -35,24 +34,23 @@ class ModelRunner:
         """Run every scheduled sequence's uncached tokens; return (sequence, sampled token) for each
         sequence that samples this step: the scheduled ones, and the siblings forked from them."""
         cache.copy_blocks(kv.take_copies())
+        lens = batch.num_new_tokens
         token_ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
-        starts, lens = [], []
-        for seq in batch.seqs:
-            start = kv.num_computed_tokens[seq.seq_id]
-            new = [seq.last_token_id] if start == seq.num_tokens - 1 else seq.token_ids[start:]
-            token_ids += new
-            positions += range(start, start + len(new))
-            slots += kv.slot_mapping(seq, start, len(new))
+        starts: list[int] = []
+        for seq, n in zip(batch.seqs, lens, strict=True):
+            start = kv.num_computed_tokens(seq)
+            token_ids += seq.token_ids_between(start, start + n)
+            positions += range(start, start + n)
+            slots += kv.slot_mapping(seq, start, n)
             starts.append(start)
-            lens.append(len(new))
         nd = batch.num_decode_tokens  # the first nd sequences decode (the scheduler places them first)
         assert all(n == 1 and s > 0 for s, n in zip(starts[:nd], lens[:nd]))
-        tables = [kv.block_tables[seq.seq_id] for seq in batch.seqs[:nd]]
+        tables = [kv.block_table(seq) for seq in batch.seqs[:nd]]
         width = max((len(t) for t in tables), default=1)
         metadata = PagedMetadata(
-            num_tokens=len(token_ids), kv_cache=cache, num_decodes=nd, starts=starts, lens=lens,
+            kv_cache=cache, num_decodes=nd, starts=starts, lens=lens,
             slot_mapping=torch.tensor(slots, dtype=torch.long, device=self.device),
             block_tables=torch.tensor([b for t in tables for b in t + [0] * (width - len(t))], dtype=torch.int32,
                                       device=self.device).view(nd, width),  # padded with block 0, never read
@@ -61,8 +59,6 @@ class ModelRunner:
         input_ids = torch.tensor(token_ids, dtype=torch.long, device=self.device)
         pos = torch.tensor(positions, dtype=torch.long, device=self.device)
         hidden = self.model(input_ids, pos, self.backend, metadata)  # [T, hidden]
-        for seq, start, n in zip(batch.seqs, starts, lens):
-            kv.num_computed_tokens[seq.seq_id] = start + n
         # who samples, and from which sequence's last token: a parent's siblings share its row
         samplers: list[Sequence] = []
         rows: list[int] = []

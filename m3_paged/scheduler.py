@@ -33,6 +33,7 @@ class ScheduledBatch:
     """The plan for one step: which sequences run, in batch order, and what changed."""
 
     seqs: list[Sequence] = field(default_factory=list)  # decoding sequences first, then admitted ones
+    num_new_tokens: list[int] = field(default_factory=list)  # per sequence: tokens it computes this step
     num_prefill_tokens: int = 0
     num_decode_tokens: int = 0
     preempted: list[Sequence] = field(default_factory=list)
@@ -41,6 +42,19 @@ class ScheduledBatch:
     @property
     def num_tokens(self) -> int:
         return self.num_prefill_tokens + self.num_decode_tokens
+
+    @property
+    def num_forks(self) -> int:
+        """Siblings that join the running set when this step's prompts have run."""
+        return sum(len(children) for children in self.forks.values())
+
+    def add(self, seq: Sequence, num_new_tokens: int, decode: bool) -> None:
+        self.seqs.append(seq)
+        self.num_new_tokens.append(num_new_tokens)
+        if decode:
+            self.num_decode_tokens += num_new_tokens
+        else:
+            self.num_prefill_tokens += num_new_tokens
 
 
 class Scheduler:
@@ -67,16 +81,17 @@ class Scheduler:
             if seq.status is SequenceStatus.RUNNING:
                 self.kv.append(seq)
                 self.running.append(seq)
-                batch.seqs.append(seq)
-                batch.num_decode_tokens += 1
+                batch.add(seq, 1, decode=True)
         # 2. admit: first come, first served, while the step has sequences, tokens and blocks to spare.
         # After a preemption memory is known to be tight, so nothing new is admitted this step.
         while self.waiting and not batch.preempted:
             seq = self.waiting[0]
             siblings = self._unforked_siblings(seq)
-            if len(self.running) + 1 + len(siblings) > self.config.max_num_seqs:
+            # the siblings planned earlier in this step run from the next step on: they count now
+            if len(self.running) + batch.num_forks + 1 + len(siblings) > self.config.max_num_seqs:
                 break
-            if batch.num_tokens + seq.num_tokens > self.config.max_num_batched_tokens:
+            num_new = seq.num_tokens - self.kv.num_computed_tokens(seq)
+            if batch.num_tokens + num_new > self.config.max_num_batched_tokens:
                 break
             if not self.kv.can_allocate(seq):
                 break
@@ -84,8 +99,7 @@ class Scheduler:
             self.kv.allocate(seq)
             seq.set_status(SequenceStatus.RUNNING)
             self.running.append(seq)
-            batch.seqs.append(seq)
-            batch.num_prefill_tokens += seq.num_tokens
+            batch.add(seq, num_new, decode=False)
             if siblings:
                 batch.forks[seq.seq_id] = siblings
         return batch
@@ -97,7 +111,16 @@ class Scheduler:
             return []
         return [s for s in seq.request.seqs[1:] if s.status is SequenceStatus.WAITING]
 
-    def fork(self, parent: Sequence, child: Sequence) -> None:
+    def update_after_step(self, batch: ScheduledBatch) -> None:
+        """The step ran: each scheduled sequence's blocks now hold the tokens it computed, and the siblings of
+        an admitted parent fork from it (they share its blocks from now on)."""
+        for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
+            self.kv.mark_computed(seq, n)
+        for parent in batch.seqs:
+            for child in batch.forks.get(parent.seq_id, ()):
+                self._fork(parent, child)
+
+    def _fork(self, parent: Sequence, child: Sequence) -> None:
         """After the parent's prompt has run: the child shares its blocks and runs from now on."""
         self.kv.fork(parent, child)
         child.set_status(SequenceStatus.RUNNING)

@@ -17,9 +17,8 @@ import torch.nn.functional as F
 
 @dataclass
 class AttentionMetadata:
-    """What every backend receives for one forward pass; milestones subclass it with their own fields."""
-
-    num_tokens: int  # T, the length of the flat batch
+    """What every backend receives for one forward pass; each milestone subclasses it with its own fields
+    (positions, slots, block tables, ...)."""
 
 
 class AttentionBackend(ABC):

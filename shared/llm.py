@@ -12,6 +12,7 @@ import time
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from shared.config import EngineConfig
+from shared.engine_api import Engine
 from shared.inputs import normalize_params, normalize_prompts
 from shared.outputs import RequestOutput
 from shared.sampling import SamplingParams
@@ -23,7 +24,7 @@ def engine_options(engine_class: type) -> list[str]:
 
 
 class LLMBase:
-    engine_class: type  # the milestone's LLMEngine
+    engine_class: type[Engine]  # the milestone's LLMEngine
 
     def __init__(self, model: str = "tiny-qwen3", device: str = "auto", dtype: str = "auto",
                  max_model_len: int | None = None, seed: int = 0, **options) -> None:
@@ -43,16 +44,27 @@ class LLMBase:
         try:
             for prompt, sp in zip(prompts, params, strict=True):
                 ids.append(self.engine.add_request(prompt, sp))
-        except ValueError as err:  # one bad prompt fails the call before any work is done
-            for rid in ids:
-                self.engine.abort_request(rid)
-            raise ValueError(f"prompt {len(ids)}: {err}") from None
+            return self._run(ids, use_tqdm and len(prompts) > 1)
+        except ValueError as err:
+            self._abort(ids)
+            if len(ids) < len(prompts):  # one bad prompt fails the call before any work is done
+                raise ValueError(f"prompt {len(ids)}: {err}") from None
+            raise
+        except BaseException:  # any failure (or Ctrl-C) leaves the engine as it was: nothing of this call queued
+            self._abort(ids)
+            raise
+
+    def _abort(self, ids: list[str]) -> None:
+        for rid in ids:
+            self.engine.abort_request(rid)
+
+    def _run(self, ids: list[str], show: bool) -> list[RequestOutput]:
+        """Step the engine until every request of `ids` has finished; returns their outputs in order."""
         done: dict[str, RequestOutput] = {}
-        show = use_tqdm and len(prompts) > 1
-        stats = getattr(self.engine, "stats", None)  # engines from M2 on record per-step token counts
+        stats = self.engine.stats  # engines from M2 on record per-step token counts; m1 has None
         with Progress(TextColumn("[bold]generating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       TextColumn("{task.fields[rate]}"), disable=not show, transient=False) as bar:
-            task = bar.add_task("generate", total=len(prompts), rate="")
+            task = bar.add_task("generate", total=len(ids), rate="")
             start, out_tokens = time.perf_counter(), 0
             while self.engine.has_unfinished_requests():
                 for out in self.engine.step():

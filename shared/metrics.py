@@ -7,6 +7,7 @@ and the notebooks plot the history.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 
@@ -28,18 +29,35 @@ class StepRecord:
         return self.kv_used_tokens / self.kv_reserved_tokens if self.kv_reserved_tokens else 0.0
 
 
+HISTORY_STEPS = 10_000  # steps kept for plots; the totals and peaks below cover every step
+
+
 @dataclass
 class EngineStats:
+    """Running totals and peaks over every step, plus the most recent `HISTORY_STEPS` StepRecords (a server that
+    runs for days must not grow a list per step)."""
+
     kv_capacity_tokens: int = 0  # the KV memory budget, in token positions
     kv_num_blocks: int | None = None  # paged engines (M3+): blocks in the pool
-    history: list[StepRecord] = field(default_factory=list)
+    history: deque[StepRecord] = field(default_factory=lambda: deque(maxlen=HISTORY_STEPS))
+    steps: int = 0
     prefill_tokens: int = 0
     decode_tokens: int = 0
     prefill_seconds: float = 0.0  # wall time of steps that ran any prefill
     decode_seconds: float = 0.0  # wall time of decode-only steps
     preemptions: int = 0
+    # over busy steps (something was running): for peaks and time-weighted means
+    busy_steps: int = 0
+    sum_running: int = 0
+    sum_kv_used: int = 0
+    sum_kv_reserved: int = 0
+    max_running: int = 0
+    peak_kv_used: int = 0
+    peak_kv_reserved: int = 0
+    peak_blocks_used: int = 0
 
     def record(self, rec: StepRecord) -> None:
+        self.steps += 1
         self.prefill_tokens += rec.num_prefill_tokens
         self.decode_tokens += rec.num_decode_tokens
         if rec.num_prefill_tokens:
@@ -47,7 +65,21 @@ class EngineStats:
         else:
             self.decode_seconds += rec.duration
         self.preemptions += rec.num_preempted
+        self.max_running = max(self.max_running, rec.num_running)
+        if rec.kv_reserved_tokens:
+            self.busy_steps += 1
+            self.sum_running += rec.num_running
+            self.sum_kv_used += rec.kv_used_tokens
+            self.sum_kv_reserved += rec.kv_reserved_tokens
+            self.peak_kv_used = max(self.peak_kv_used, rec.kv_used_tokens)
+            self.peak_kv_reserved = max(self.peak_kv_reserved, rec.kv_reserved_tokens)
+            self.peak_blocks_used = max(self.peak_blocks_used, rec.kv_blocks_used or 0)
         self.history.append(rec)
+
+    def reset(self) -> None:
+        """Forget every step so far (a benchmark calls this after its warm-up); the engine's sizes stay."""
+        fresh = EngineStats(self.kv_capacity_tokens, self.kv_num_blocks)
+        self.__dict__.update(fresh.__dict__)
 
     def rates(self) -> tuple[float, float]:
         """(prefill tokens/s over steps that prefilled, decode tokens/s over decode-only steps)."""
@@ -55,20 +87,17 @@ class EngineStats:
                 self.decode_tokens / self.decode_seconds if self.decode_seconds else 0.0)
 
     def summary(self) -> dict:
-        """Peak and mean KV figures over the recorded steps (steps with nothing running are left out)."""
-        busy = [r for r in self.history if r.kv_reserved_tokens]
+        """Peak and mean KV figures over every step (steps with nothing running are left out of the means)."""
         return {
-            "steps": len(self.history),
+            "steps": self.steps,
             "preemptions": self.preemptions,
-            "max_running": max((r.num_running for r in self.history), default=0),
-            "mean_running": sum(r.num_running for r in busy) / len(busy) if busy else 0.0,
+            "max_running": self.max_running,
+            "mean_running": self.sum_running / self.busy_steps if self.busy_steps else 0.0,
             "kv_capacity_tokens": self.kv_capacity_tokens,
-            "kv_peak_reserved_tokens": max((r.kv_reserved_tokens for r in busy), default=0),
-            "kv_peak_used_tokens": max((r.kv_used_tokens for r in busy), default=0),
+            "kv_peak_reserved_tokens": self.peak_kv_reserved,
+            "kv_peak_used_tokens": self.peak_kv_used,
             # utilisation weighted by time: sum(used) / sum(reserved) over the steps
-            "kv_mean_utilization": (sum(r.kv_used_tokens for r in busy) / sum(r.kv_reserved_tokens for r in busy)
-                                    if busy else 0.0),
+            "kv_mean_utilization": self.sum_kv_used / self.sum_kv_reserved if self.sum_kv_reserved else 0.0,
             "kv_num_blocks": self.kv_num_blocks,
-            "kv_peak_blocks_used": max((r.kv_blocks_used or 0 for r in busy), default=0) if self.kv_num_blocks else None,
+            "kv_peak_blocks_used": self.peak_blocks_used if self.kv_num_blocks else None,
         }
-

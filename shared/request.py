@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Container
 from enum import Enum
 
 import torch
@@ -71,6 +72,13 @@ class Sequence:
     def num_tokens(self) -> int:
         return len(self.request.prompt_token_ids) + len(self.output_token_ids)
 
+    def token_ids_between(self, start: int, end: int) -> list[int]:
+        """Token ids of positions start .. end-1, without building the whole token list (a decode reads one)."""
+        p = len(self.request.prompt_token_ids)
+        if start >= p:
+            return self.output_token_ids[start - p:end - p]
+        return self.request.prompt_token_ids[start:end] + self.output_token_ids[:max(0, end - p)]
+
     @property
     def last_token_id(self) -> int:
         return self.output_token_ids[-1] if self.output_token_ids else self.request.prompt_token_ids[-1]
@@ -116,6 +124,23 @@ class Sequence:
         if len(self.output_token_ids) >= params.max_tokens or self.num_tokens >= max_model_len:
             delta += self.finish("length")
         return delta
+
+
+_auto_request_ids = itertools.count()
+
+
+def claim_request_id(request_id: str | None, live: Container[str]) -> str:
+    """The id a new request gets: the caller's, if no unfinished request holds it, else a clear error; or,
+    when none is given, the next counter value that no unfinished request holds (a user may have taken "7")."""
+    if request_id is not None:
+        if not isinstance(request_id, str) or not request_id:
+            raise ValueError(f"request_id must be a non-empty string, got {request_id!r}")
+        if request_id in live:
+            raise ValueError(f"request_id {request_id!r} is already in use by an unfinished request")
+        return request_id
+    while (rid := str(next(_auto_request_ids))) in live:
+        pass
+    return rid
 
 
 class Request:

@@ -66,3 +66,11 @@ def test_qwen2_logits_match_hf():
     ours = OurQwen3(config)
     ours.load_state_dict(hf.state_dict())
     _compare(ours, hf, list(range(3, 60)), atol=5e-5)
+
+
+def test_tiny_greedy_output_is_varied():
+    """A trained model: HF's greedy output is not one token repeated (that would hide KV-cache bugs)."""
+    from shared.tools.testing import hf_reference
+
+    for ref in hf_reference("tiny-qwen3"):
+        assert len(set(ref)) >= 8

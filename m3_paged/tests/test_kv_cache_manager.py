@@ -21,12 +21,12 @@ class Seq:
 
 def run(kv: KVCacheManager, seq: Seq) -> None:
     """What one engine step does to a sequence: its tokens get cached, then one sampled token is appended."""
-    kv.num_computed_tokens[seq.seq_id] = seq.num_tokens
+    kv.mark_computed(seq, seq.num_tokens - kv.num_computed_tokens(seq))
     seq.num_tokens += 1
 
 
 def test_pool_counts_and_errors():
-    pool = BlockPool(3, 4)
+    pool = BlockPool(3)
     a, b, c = pool.allocate(), pool.allocate(), pool.allocate()
     assert pool.num_free == 0 and pool.num_used == 3 and sorted([a, b, c]) == [0, 1, 2]
     with pytest.raises(NoFreeBlocksError, match="all 3"):
@@ -96,7 +96,7 @@ def test_fork_shares_every_block_and_copies_only_the_partial_one_on_write():
     kv = KVCacheManager(num_blocks=10, block_size=4)
     parent = Seq(10)  # 3 blocks: 4 + 4 + 2 positions
     kv.allocate(parent)
-    kv.num_computed_tokens[parent.seq_id] = 10
+    kv.mark_computed(parent, 10)
     child = Seq(10)
     kv.fork(parent, child)
     a, b, c = kv.block_tables[parent.seq_id]
@@ -119,7 +119,7 @@ def test_fork_at_a_block_boundary_copies_nothing():
     kv = KVCacheManager(num_blocks=10, block_size=4)
     parent = Seq(8)
     kv.allocate(parent)
-    kv.num_computed_tokens[parent.seq_id] = 8
+    kv.mark_computed(parent, 8)
     children = [Seq(8) for _ in range(3)]
     for ch in children:
         kv.fork(parent, ch)
@@ -134,7 +134,7 @@ def test_free_drops_a_planned_copy_into_a_freed_block_and_keeps_shared_blocks():
     kv = KVCacheManager(num_blocks=10, block_size=4)
     parent, child = Seq(6), Seq(6)
     kv.allocate(parent)
-    kv.num_computed_tokens[parent.seq_id] = 6
+    kv.mark_computed(parent, 6)
     kv.fork(parent, child)
     child.num_tokens = 7
     kv.append(child)
@@ -150,7 +150,7 @@ def test_check_invariants_catches_corruption():
     kv = KVCacheManager(num_blocks=6, block_size=4)
     seq = Seq(5)
     kv.allocate(seq)
-    kv.num_computed_tokens[seq.seq_id] = 5
+    kv.mark_computed(seq, 5)
     kv.check_invariants({seq.seq_id})
     with pytest.raises(AssertionError, match="not running"):
         kv.check_invariants(set())
@@ -160,6 +160,6 @@ def test_check_invariants_catches_corruption():
         kv.check_invariants({seq.seq_id})
     kv.pool.ref_counts[block] -= 1
     kv.block_tables[seq.seq_id].pop()  # a block owned by nobody and not free: a leak
-    kv.num_computed_tokens[seq.seq_id] = 4
+    kv.mark_computed(seq, -1)  # 4 tokens: the table size matches again
     with pytest.raises(AssertionError, match="leaked"):
         kv.check_invariants({seq.seq_id})

@@ -48,7 +48,7 @@ def random_case(block_size: int, heads: int, kv_heads: int, head_dim: int, lens:
         taken += nb
     width = max(blocks_needed)
     md = PagedMetadata(
-        num_tokens=len(lens), kv_cache=cache, slot_mapping=torch.empty(0, dtype=torch.long, device=DEVICE),
+        kv_cache=cache, slot_mapping=torch.empty(0, dtype=torch.long, device=DEVICE),
         num_decodes=len(lens), starts=[n - 1 for n in lens], lens=[1] * len(lens),
         block_tables=torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32, device=DEVICE),
         context_lens=torch.tensor(lens, dtype=torch.int32, device=DEVICE))

@@ -67,7 +67,7 @@ def our_logits(model, ids: list[int]) -> torch.Tensor:
 
     device = next(model.parameters()).device
     x = torch.tensor(ids, device=device)
-    hidden = model(x, torch.arange(len(ids), device=device), _Prefill(), AttentionMetadata(num_tokens=len(ids)))
+    hidden = model(x, torch.arange(len(ids), device=device), _Prefill(), AttentionMetadata())
     return model.compute_logits(hidden)
 
 

@@ -62,3 +62,30 @@ def random_model(tmp_path_factory) -> str:
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+def prompt_ids(n: int, salt: int = 0) -> list[int]:
+    """A deterministic prompt of `n` token ids (no special tokens), different for each salt."""
+    return [16 + (salt * 7919 + 31 * i) % 4000 for i in range(n)]
+
+
+def kv_bytes_per_token(model: str = "tiny-qwen3", dtype: torch.dtype = torch.float32) -> int:
+    """K/V bytes one token takes in every layer, computed from the model's config (4 KiB for tiny-qwen3 in fp32)."""
+    from shared.config import ModelConfig
+    from shared.loader import resolve_model
+
+    return ModelConfig.from_dir(resolve_model(model)).kv_bytes_per_token(dtype)
+
+
+def drain(engine, check: bool = True) -> dict:
+    """Step `engine` until nothing is left; returns {request_id: final RequestOutput}. With `check`, the
+    scheduler's invariants are checked after every step (engines from m2 on have a scheduler)."""
+    finished = {}
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.finished:
+                assert out.request_id not in finished, "a request finished twice"
+                finished[out.request_id] = out
+        if check and hasattr(engine, "scheduler"):
+            engine.scheduler.check_invariants()
+    return finished
