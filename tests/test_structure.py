@@ -62,3 +62,38 @@ def test_docs_build_strict(tmp_path):
     r = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
                        cwd=ROOT, capture_output=True, text=True, env={**__import__("os").environ, "NO_MKDOCS_2_WARNING": "1"})
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_the_runtime_does_not_import_the_tooling():
+    """An engine depends on shared/ without shared/tools/ (benchmark, HF reference, training, test helpers)."""
+    runtime = [p for p in (ROOT / "shared").rglob("*.py") if "tools" not in p.relative_to(ROOT).parts]
+    for m in MILESTONES:
+        runtime += _py_files(m)
+    for f in runtime:
+        tooling = {n for n in _imports(f) if n.startswith(("shared.tools", "tests"))}
+        assert not tooling, f"{f.relative_to(ROOT)} imports {sorted(tooling)}: the runtime must not depend on the tooling"
+
+
+def test_every_engine_runs_the_kept_suite_for_itself():
+    """`pytest mN_name` verifies the whole stage: each engine milestone has tests/test_kept.py naming itself,
+    and the cross-milestone list of engines is exactly the milestones that have an engine."""
+    from shared.tools.milestones import ENGINES
+
+    engines = [m for m in MILESTONES if (ROOT / m / "engine.py").exists()]
+    assert engines == ENGINES
+    for m in engines:
+        entry = ROOT / m / "tests" / "test_kept.py"
+        assert entry.exists(), f"{m} has no tests/test_kept.py"
+        assert f'ENGINE = "{m}"' in entry.read_text(), f"{entry.relative_to(ROOT)} must set ENGINE = {m!r}"
+        assert "from tests.kept.every import *" in entry.read_text()
