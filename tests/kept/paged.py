@@ -4,8 +4,8 @@ block returns to the pool."""
 
 import pytest
 
-from shared.sampling import SamplingParams
 from shared.request import SequenceStatus
+from shared.sampling import SamplingParams
 from shared.tools.reference import parity_prompts
 from shared.tools.testing import NEW_TOKENS, drain, hf_reference, kv_bytes_per_token, prompt_ids, tiny_tokenizer
 from tests.kept.base import engine_name, llm, make_llm, tiny_llm  # noqa: F401
