@@ -6,13 +6,13 @@ it under one roof and adds `python -m m0_init`, which prints what a checkpoint i
 
 from m0_init.summary import ModelSummary, summarize, summary_table
 from shared.config import EngineConfig, ModelConfig
-from shared.loader import ModelNotFoundError, load_model, resolve_model
+from shared.loader import ModelFormatError, ModelNotFoundError, load_model, resolve_model
 from shared.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from shared.request import Request, Sequence, SequenceStatus
 from shared.sampling import SamplingParams
 
 __all__ = [
-    "CompletionOutput", "EngineConfig", "ModelConfig", "ModelNotFoundError", "ModelSummary", "Request",
+    "CompletionOutput", "EngineConfig", "ModelConfig", "ModelFormatError", "ModelNotFoundError", "ModelSummary", "Request",
     "RequestMetrics", "RequestOutput", "SamplingParams", "Sequence", "SequenceStatus", "load_model",
     "resolve_model", "summarize", "summary_table",
 ]

@@ -6,6 +6,7 @@ import sys
 from rich.console import Console
 
 from m0_init.summary import summarize, summary_table
+from shared.cli import print_error
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -14,9 +15,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         s = summarize(args.model)
-    except (ValueError, KeyError) as e:  # unknown model, or a config.json missing a required field
-        Console(stderr=True).print(f"[red]error:[/red] {e}")
-        return 2
+    except ValueError as e:  # ModelNotFoundError, or ModelFormatError: a broken config.json or safetensors file
+        return print_error(Console(stderr=True, highlight=False), e)
     Console().print(summary_table(s))
     return 0
 

@@ -6,12 +6,14 @@ bytes per dtype from the safetensors headers (no tensor is loaded, so it is inst
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from rich.table import Table
+from rich.text import Text
 
 from shared.config import ModelConfig
 from shared.loader import checkpoint_shapes, resolve_model
@@ -40,7 +42,7 @@ def summarize(name: str) -> ModelSummary:
     params, nbytes = 0, Counter()
     shapes = checkpoint_shapes(path)
     for shape, dtype in shapes.values():
-        n = int(torch.tensor(shape).prod().item()) if shape else 1
+        n = math.prod(shape)
         params += n
         if dtype not in DTYPE_BYTES:
             raise ValueError(f"tensor dtype {dtype!r} in {path} is not one m0_init knows: {sorted(DTYPE_BYTES)}")
@@ -58,7 +60,7 @@ def _fmt_bytes(n: float) -> str:
 
 def summary_table(s: ModelSummary) -> Table:
     c = s.config
-    t = Table(title=f"{s.name}  ({c.model_type})", show_header=True, header_style="bold")
+    t = Table(title=Text(f"{s.name}  ({c.model_type})"), show_header=True, header_style="bold")  # a name is not markup
     t.add_column("property")
     t.add_column("value", justify="right")
     rows = [
@@ -83,5 +85,5 @@ def summary_table(s: ModelSummary) -> Table:
         ("path", str(s.path)),
     ]
     for k, v in rows:
-        t.add_row(k, str(v))
+        t.add_row(k, Text(str(v)))
     return t

@@ -1,8 +1,10 @@
 """The command line every milestone shares: `python -m mN_name "prompt" --max-tokens 64 --temperature 0`.
 
 Tokens stream to the terminal as they are produced; a one-line summary of TTFT, TPOT and tokens/s
-follows. A user mistake (bad flag value, unknown model, prompt too long) prints one red line, never a
-stack trace, and exits with status 2.
+follows. A user mistake (bad flag value, unknown model or broken model directory, prompt too long) prints
+one red line, never a stack trace, and exits with status 2. User text (the prompt, the generated text, the
+model name, error messages that quote them) is printed literally, never read as rich markup: code is full
+of brackets, and `a[i]` must not vanish nor `'[/]'` crash.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 from rich.console import Console
+from rich.text import Text
 
 from shared.sampling import SamplingParams
 
@@ -33,6 +36,12 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     return ap
 
 
+def print_error(err: Console, error: Exception | str) -> int:
+    """One red line on stderr (`soft_wrap`: rich must not fold a long message); returns the exit status 2."""
+    err.print(Text.assemble(("error: ", "red"), str(error)), soft_wrap=True)
+    return 2
+
+
 def main(llm_class, prog: str, argv: list[str] | None = None) -> int:
     args = build_parser(prog).parse_args(argv)
     console, err = Console(highlight=False), Console(stderr=True, highlight=False)
@@ -43,24 +52,21 @@ def main(llm_class, prog: str, argv: list[str] | None = None) -> int:
         prompt = llm.tokenizer.apply_chat_template(args.prompt) if args.chat else args.prompt
         engine = llm.engine
         rid = engine.add_request(prompt, params)
-    except ValueError as e:
-        err.print(f"[red]error:[/red] {e}")
-        return 2
-    console.print(f"[dim]{prompt}[/dim]", end="")
+    except ValueError as e:  # bad options or prompt, ModelNotFoundError, ModelFormatError
+        return print_error(err, e)
+    console.print(Text(prompt, style="dim"), end="", soft_wrap=True)
     printed, out = 0, None
     while engine.has_unfinished_requests():
         for out in engine.step():
             if out.request_id == rid and len(out.outputs[0].text) > printed:
-                console.print(out.outputs[0].text[printed:], end="", markup=False)
+                console.print(Text(out.outputs[0].text[printed:]), end="", soft_wrap=True)
                 printed = len(out.outputs[0].text)
     m = out.metrics
     tps = m.num_output_tokens / m.e2e if m.e2e else 0.0
     tpot = f"{m.tpot * 1e3:.1f} ms" if m.tpot is not None else "n/a"
-    console.print(
-        f"\n[bold]{m.num_output_tokens} tokens[/bold] ({out.outputs[0].finish_reason})  "
-        f"TTFT {m.ttft * 1e3:.1f} ms  TPOT {tpot}  {tps:.1f} tok/s  "
-        f"[dim]{prog} · {args.model} · {engine.device} · {engine.dtype}[/dim]"
-    )
+    console.print(Text.assemble(
+        "\n", (f"{m.num_output_tokens} tokens", "bold"), f" ({out.outputs[0].finish_reason})  ",
+        f"TTFT {m.ttft * 1e3:.1f} ms  TPOT {tpot}  {tps:.1f} tok/s  ",
+        (f"{prog} · {args.model} · {engine.device} · {engine.dtype}", "dim"),
+    ), soft_wrap=True)
     return 0
-
-

@@ -6,12 +6,32 @@ Every dataclass validates itself in `__post_init__` and says what was wrong and 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import numbers
+import os
+import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+SEED_LIMIT = 2**64  # torch.Generator.manual_seed takes a 64-bit seed
+
+
+def is_int(value) -> bool:
+    """An integer, numpy's included, but not a bool (True is an int to Python, never a count to a user)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_int(name: str, value, minimum: int, maximum: int | None = None, *, low: str | None = None,
+              high: str | None = None, hint: str = "") -> int:
+    """`value` as an int if it is an integer (not a bool, not a float) in [minimum, maximum), else a ValueError
+    that names `name` and says what is allowed. `low`/`high` show the bounds by name (`max_model_len (256)`)."""
+    if is_int(value) and value >= minimum and (maximum is None or value < maximum):
+        return int(value)
+    low = low or str(minimum)
+    allowed = f"an integer >= {low}" if maximum is None else f"an integer in [{low}, {high or maximum})"
+    raise ValueError(f"{name} must be {allowed}, got {value!r}{hint}")
 
 
 @dataclass(frozen=True)
@@ -33,13 +53,11 @@ class ModelConfig:
     attention_bias: bool = False  # Qwen2 has biases on q/k/v projections
     eos_token_ids: tuple[int, ...] = ()
     model_type: str = "qwen3"
-    torch_dtype: str = "bfloat16"  # the dtype the checkpoint was saved in
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                      "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            check_int(name, getattr(self, name), 1)
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
                 f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
@@ -50,18 +68,23 @@ class ModelConfig:
 
     @classmethod
     def from_hf_dict(cls, cfg: dict, generation_cfg: dict | None = None) -> ModelConfig:
+        """Parse an HF config dict; a missing or ill-typed field is a ValueError that names it."""
         model_type = cfg.get("model_type", "qwen3")
         if model_type not in ("qwen3", "qwen2"):
             raise ValueError(f"unsupported model_type {model_type!r}: FoloVLLM runs 'qwen3' and 'qwen2' models")
+        missing = [k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                               "num_attention_heads") if k not in cfg]
+        if missing:
+            raise ValueError(f"missing required key {missing[0]!r}" + (f" (and {missing[1:]})" if missing[1:] else ""))
         # transformers 5 nests rope_theta in rope_parameters; older configs keep it at the top level
-        rope_theta = cfg.get("rope_parameters", {}).get("rope_theta", cfg.get("rope_theta", 1_000_000.0))
+        rope_theta = (cfg.get("rope_parameters") or {}).get("rope_theta", cfg.get("rope_theta", 1_000_000.0))
         eos: list[int] = []
         for source in (generation_cfg or {}, cfg):
             ids = source.get("eos_token_id")
             for i in ids if isinstance(ids, list) else [ids] if ids is not None else []:
                 if i not in eos:
                     eos.append(i)
-        heads = cfg["num_attention_heads"]
+        heads = check_int("num_attention_heads", cfg["num_attention_heads"], 1)
         return cls(
             vocab_size=cfg["vocab_size"],
             hidden_size=cfg["hidden_size"],
@@ -78,17 +101,21 @@ class ModelConfig:
             attention_bias=cfg.get("attention_bias", model_type == "qwen2"),
             eos_token_ids=tuple(eos),
             model_type=model_type,
-            torch_dtype=str(cfg.get("dtype") or cfg.get("torch_dtype") or "bfloat16"),
         )
 
     @classmethod
     def from_dir(cls, path: str | Path) -> ModelConfig:
-        path = Path(path)
-        gen = path / "generation_config.json"
-        return cls.from_hf_dict(
-            json.loads((path / "config.json").read_text()),
-            json.loads(gen.read_text()) if gen.exists() else None,
-        )
+        """The one place a model directory's config.json (and generation_config.json) is read. Whatever is
+        wrong with them is a `ModelFormatError` that names the file."""
+        from shared.loader import ModelFormatError  # the loader imports this module
+
+        config_file, gen_file = Path(path) / "config.json", Path(path) / "generation_config.json"
+        cfg = _read_json_object(config_file)
+        gen = _read_json_object(gen_file) if gen_file.exists() else None
+        try:
+            return cls.from_hf_dict(cfg, gen)
+        except (ValueError, TypeError, ArithmeticError) as err:  # an ill-typed value can fail as TypeError
+            raise ModelFormatError(f"{config_file}: {err}") from None
 
     @property
     def q_size(self) -> int:
@@ -115,6 +142,20 @@ class ModelConfig:
         return 2 * self.num_hidden_layers * self.kv_size * torch.finfo(dtype).bits // 8
 
 
+def _read_json_object(file: Path) -> dict:
+    from shared.loader import ModelFormatError
+
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ModelFormatError(f"{file}: cannot be read: {err.strerror or err}") from None
+    except ValueError as err:  # JSONDecodeError, or bytes that are not UTF-8
+        raise ModelFormatError(f"{file}: not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise ModelFormatError(f"{file}: expected a JSON object, got a {type(data).__name__}")
+    return data
+
+
 # Shapes by name (gpt-fast's `from_name`): the real Qwen3-0.6B and a small test shape, for random-weight checks.
 PRESETS: dict[str, dict] = {
     "qwen3-0.6b": dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
@@ -139,25 +180,33 @@ def preset_hf_config(name: str, **overrides):
 class EngineConfig:
     """Options every engine takes: `LLM(model=..., device=..., dtype=..., **options)`."""
 
-    model: str = "tiny-qwen3"
+    model: str | os.PathLike = "tiny-qwen3"  # bundled name, local directory or hub id
     device: str = "auto"  # "auto" picks cuda when available, else cpu
     dtype: str = "auto"  # "auto": float32 on cpu, bfloat16 on cuda
     max_model_len: int | None = None  # default: the model's max_position_embeddings
     seed: int = 0  # seeds the engine's generator, used by requests without their own seed
 
     def __post_init__(self) -> None:
+        if not isinstance(self.model, str | os.PathLike):
+            raise ValueError(f"model must be a string or a path (bundled name, directory or hub id), got {self.model!r}")
+        self.model = os.fspath(self.model)
+        if not isinstance(self.device, str):
+            raise ValueError(f"device must be a string: 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
         if self.device == "auto":
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        if self.device.split(":")[0] not in ("cpu", "cuda"):
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device {self.device!r} was asked for but CUDA is not available; use device='cpu'")
+        if not isinstance(self.dtype, str):
+            raise ValueError(f"dtype must be a string, one of {['auto', *DTYPES]}, got {self.dtype!r}")
         if self.dtype == "auto":
             self.dtype = "bfloat16" if self.device.startswith("cuda") else "float32"
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {['auto', *DTYPES]}, got {self.dtype!r}")
-        if self.max_model_len is not None and self.max_model_len < 2:
-            raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")
+        if self.max_model_len is not None:
+            self.max_model_len = check_int("max_model_len", self.max_model_len, 2)
+        self.seed = check_int("seed", self.seed, 0, SEED_LIMIT, high="2**64")
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -170,26 +219,27 @@ class SchedulerConfig:
 
     max_num_seqs: int = 64  # sequences in one step's batch
     max_num_batched_tokens: int | None = None  # tokens in one step's batch; default: max(max_model_len, max_num_seqs)
+    enable_chunked_prefill: bool = False  # (M5) a prompt may run over several steps, in chunks
 
     def resolve(self, max_model_len: int) -> SchedulerConfig:
         """Validate against the model's context and fill the defaults."""
-        if not isinstance(self.max_num_seqs, int) or self.max_num_seqs < 1:
-            raise ValueError(f"max_num_seqs must be an integer >= 1, got {self.max_num_seqs!r}")
+        seqs = check_int("max_num_seqs", self.max_num_seqs, 1)
+        if not isinstance(self.enable_chunked_prefill, bool):
+            raise ValueError(f"enable_chunked_prefill must be True or False, got {self.enable_chunked_prefill!r}")
         tokens = self.max_num_batched_tokens
         if tokens is None:  # enough for the longest prompt, and for every running sequence's decode token
-            tokens = max(max_model_len, self.max_num_seqs)
-        if not isinstance(tokens, int) or tokens < max_model_len:
-            # without chunked prefill (M5) a prompt, or a preempted sequence being recomputed, runs in one step
-            raise ValueError(
-                f"max_num_batched_tokens must be an integer >= max_model_len ({max_model_len}), got {tokens!r}: "
-                "a whole prompt runs in one step until chunked prefill (M5); lower max_model_len instead"
-            )
-        if self.max_num_seqs > tokens:  # every running sequence decodes one token per step
-            raise ValueError(f"max_num_seqs ({self.max_num_seqs}) must be <= max_num_batched_tokens ({tokens})")
-        return SchedulerConfig(self.max_num_seqs, tokens)
+            tokens = max(max_model_len, seqs)
+        if not self.enable_chunked_prefill:  # a prompt, or a preempted sequence being recomputed, runs in one step
+            tokens = check_int("max_num_batched_tokens", tokens, max_model_len, low=f"max_model_len ({max_model_len})",
+                               hint=": a whole prompt runs in one step unless chunked prefill (M5, "
+                                    "enable_chunked_prefill=True) cuts it; lower max_model_len instead")
+        tokens = check_int("max_num_batched_tokens", tokens, seqs, low=f"max_num_seqs ({seqs})",
+                           hint=": every running sequence decodes one token per step")
+        return replace(self, max_num_seqs=seqs, max_num_batched_tokens=tokens)
 
 
-BLOCK_SIZES = (1, 2, 4, 8, 16, 32, 64, 128)  # powers of two: the Triton kernel tiles a block with tl.arange
+# powers of two: the Triton kernel tiles a block with tl.arange; flash-attn's paged layout needs multiples of 256
+BLOCK_SIZES = tuple(2**i for i in range(10))  # 1 ... 512
 
 
 @dataclass
@@ -201,10 +251,10 @@ class CacheConfig:
     kv_cache_memory_bytes: int | None = None  # default: default_kv_cache_memory_bytes(device)
 
     def __post_init__(self) -> None:
-        if self.block_size not in BLOCK_SIZES:
-            raise ValueError(f"block_size must be one of {list(BLOCK_SIZES)}, got {self.block_size!r}")
+        if not is_int(self.block_size) or self.block_size not in BLOCK_SIZES:  # 16.0 == 16, so the type first
+            raise ValueError(f"block_size must be an integer, one of {list(BLOCK_SIZES)}, got {self.block_size!r}")
         b = self.kv_cache_memory_bytes
-        if b is not None and (not isinstance(b, int) or isinstance(b, bool) or b < 1):
+        if b is not None and (not is_int(b) or b < 1):
             raise ValueError(f"kv_cache_memory_bytes must be a positive integer, got {b!r}")
 
 

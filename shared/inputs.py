@@ -6,17 +6,16 @@ Every check raises ValueError with what was wrong and what is allowed; an engine
 
 from __future__ import annotations
 
-import itertools
 import time
 
 import torch
 
-from shared.request import Request
+from shared.config import is_int
+from shared.request import Request, claim_request_id
 from shared.sampling import SamplingParams
 from shared.tokenizer import Tokenizer
 
 Prompt = str | list[int]
-_request_ids = itertools.count()
 
 
 def normalize_prompts(prompts: Prompt | list[Prompt]) -> list[Prompt]:
@@ -37,6 +36,8 @@ def normalize_params(params: SamplingParams | list[SamplingParams] | None, n: in
         return [SamplingParams() for _ in range(n)]
     if isinstance(params, SamplingParams):
         return [params] * n
+    if not isinstance(params, list | tuple):
+        raise ValueError(f"sampling_params must be a SamplingParams or a list of them, got {type(params).__name__}")
     params = list(params)
     if len(params) != n:
         raise ValueError(f"got {len(params)} SamplingParams for {n} prompts: give one, or one per prompt")
@@ -48,6 +49,16 @@ def sequence_seeds(seed: int, n: int) -> list[int]:
     others are drawn from a generator seeded with it, so `seed` alone fixes all n completions."""
     g = torch.Generator().manual_seed(seed)
     return [seed] + [int(torch.randint(0, 2**62, (1,), generator=g).item()) for _ in range(n - 1)]
+
+
+def check_unicode(text: str) -> None:
+    """Refuse text that cannot be encoded as UTF-8: a lone surrogate ("\\ud800", what a broken JSON escape
+    or a bad decode leaves) would make the tokenizer fail with a TypeError."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"prompt is not valid Unicode text: {err.reason} ({text[err.start]!r}) "
+                         f"at position {err.start}") from None
 
 
 def make_request(prompt: Prompt, params: SamplingParams, tokenizer: Tokenizer, max_model_len: int,
@@ -65,9 +76,10 @@ def make_request(prompt: Prompt, params: SamplingParams, tokenizer: Tokenizer, m
     if isinstance(prompt, str):
         if not prompt:
             raise ValueError("prompt is empty: give at least one character or token")
+        check_unicode(prompt)
         text, ids = prompt, tokenizer.encode(prompt)
-    elif isinstance(prompt, list | tuple) and all(isinstance(t, int) for t in prompt):
-        text, ids = None, list(prompt)
+    elif isinstance(prompt, list | tuple) and all(is_int(t) for t in prompt):
+        text, ids = None, [int(t) for t in prompt]
         bad = [t for t in ids if not 0 <= t < tokenizer.vocab_size]
         if bad:
             raise ValueError(f"prompt token ids must be in [0, {tokenizer.vocab_size}), got {bad[:5]}")
@@ -85,7 +97,6 @@ def make_request(prompt: Prompt, params: SamplingParams, tokenizer: Tokenizer, m
     seed = params.seed if params.seed is not None else int(
         torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
     generators = [torch.Generator(device=generator.device).manual_seed(s) for s in sequence_seeds(seed, params.n)]
-    rid = request_id if request_id is not None else str(next(_request_ids))
-    req = Request(rid, text, ids, params, tokenizer, generators)
+    req = Request(claim_request_id(request_id, ()), text, ids, params, tokenizer, generators)
     req.arrival_time = arrival  # TTFT includes tokenization, as a user experiences it
     return req

@@ -1,27 +1,37 @@
 """Find a model (bundled name, local directory or HF hub id) and load its safetensors weights by name.
 
 Weight loading is kept apart from the model math (nanoGPT's habit): the model's parameter names equal
-HuggingFace's, so a checkpoint loads as-is, and every missing, unexpected or mis-shaped key is an error
-that names the key.
+HuggingFace's, so a checkpoint loads as-is. Every broken file (corrupt JSON, a truncated safetensors file,
+a missing, unexpected or mis-shaped tensor) is a `ModelFormatError` that names the file and what is wrong.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from fnmatch import fnmatch
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from shared.config import ModelConfig
+from shared.model.layers import make_linear
 
 ASSETS = Path(__file__).parent / "assets"
 BUNDLED = {"tiny-qwen3": ASSETS / "tiny-qwen3"}
 HF_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model"]
+DEFAULT_IGNORE = ("*.rotary_emb.inv_freq",)  # older HF checkpoints store RoPE's frequencies; the model computes them
 
 
 class ModelNotFoundError(ValueError):
     """The model name resolves to nothing this machine has."""
+
+
+class ModelFormatError(ValueError):
+    """A model directory with a broken file (config.json, the weights index, a safetensors file, a tensor the
+    model does not expect). The message names the file and what is wrong with it."""
 
 
 def resolve_model(name: str | Path) -> Path:
@@ -57,68 +67,114 @@ def resolve_model(name: str | Path) -> Path:
 
 
 def checkpoint_files(path: Path) -> list[Path]:
+    """The safetensors files of a model directory: the shards its index names, or every *.safetensors file."""
     index = path / "model.safetensors.index.json"
-    if index.exists():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [path / s for s in shards]
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        raise ModelNotFoundError(f"no *.safetensors weights in {path}")
-    return files
+    if not index.exists():
+        files = sorted(path.glob("*.safetensors"))
+        if not files:
+            raise ModelFormatError(f"{path}: no *.safetensors weights in the model directory")
+        return files
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ModelFormatError(f"{index}: not a safetensors index with a 'weight_map' ({type(err).__name__}: {err})") from None
+    for shard in shards:
+        if not (path / shard).is_file():
+            raise ModelFormatError(f"{index}: names the shard {shard!r}, which is not in {path}")
+    return [path / s for s in shards]
 
 
-def checkpoint_tensors(path: Path):
-    """Yield (name, tensor) for every tensor in the checkpoint, one shard at a time."""
-    for file in checkpoint_files(path):
+@contextmanager
+def open_checkpoint_file(file: Path) -> Iterator:
+    """`safe_open(file)`; a file safetensors cannot read (while opening or reading a tensor) is a ModelFormatError."""
+    try:
         with safe_open(str(file), framework="pt") as f:
-            for name in f.keys():
-                yield name, f.get_tensor(name)
+            yield f
+    except (SafetensorError, OSError) as err:
+        raise ModelFormatError(f"{file}: not a readable safetensors file (truncated or corrupt): {err}") from None
 
 
 def checkpoint_shapes(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
     """Name -> (shape, dtype) read from the safetensors headers alone, without loading any tensor."""
     out = {}
     for file in checkpoint_files(path):
-        with safe_open(str(file), framework="pt") as f:
+        with open_checkpoint_file(file) as f:
             for name in f.keys():
                 sl = f.get_slice(name)
                 out[name] = (tuple(sl.get_shape()), sl.get_dtype())
     return out
 
 
+def load_targets(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """What a checkpoint fills: every parameter and persistent buffer by name (a GPTQ linear's int32
+    `qweight` is a buffer), a tensor shared by several names (tied embeddings) under its first name only.
+    Returns (targets, the other names of shared tensors)."""
+    targets: dict[str, torch.Tensor] = {}
+    aliases, seen = [], set()
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if id(tensor) in seen:
+            aliases.append(name)
+        else:
+            seen.add(id(tensor))
+            targets[name] = tensor
+    return targets, aliases
+
+
 @torch.no_grad()
-def load_weights(model: torch.nn.Module, path: Path, tie_word_embeddings: bool) -> None:
-    """Copy checkpoint tensors into `model` by name, converting dtype; errors name the offending key."""
-    params = dict(model.named_parameters())
-    if tie_word_embeddings:
-        params.pop("lm_head.weight", None)  # shares embed_tokens.weight
-    loaded = set()
-    for name, tensor in checkpoint_tensors(path):
-        if tie_word_embeddings and name == "lm_head.weight":
-            continue  # some tied checkpoints store it anyway
-        if name not in params:
-            raise KeyError(f"checkpoint {path} has a tensor {name!r} that the model does not have")
-        param = params[name]
-        if tuple(tensor.shape) != tuple(param.shape):
-            raise ValueError(f"shape mismatch for {name!r}: checkpoint {tuple(tensor.shape)}, model {tuple(param.shape)}")
-        param.copy_(tensor)
-        loaded.add(name)
-    missing = sorted(set(params) - loaded)
+def load_weights(model: torch.nn.Module, path: Path, ignore: Iterable[str] | None = None) -> None:
+    """Copy every checkpoint tensor into the model's parameter or persistent buffer of the same name.
+
+    Floating tensors are converted to the model's dtype; any other tensor (an int32 `qweight`) must already
+    have the model's dtype and is copied bit for bit. `ignore`: fnmatch patterns of checkpoint names to skip;
+    by default `DEFAULT_IGNORE` and the second names of tied tensors (`lm_head.weight` with tied embeddings,
+    which some checkpoints store anyway). A missing, unexpected or mis-shaped tensor is a ModelFormatError.
+    """
+    targets, aliases = load_targets(model)
+    ignore = [*DEFAULT_IGNORE, *aliases] if ignore is None else list(ignore)
+    files = checkpoint_files(path)
+    loaded: set[str] = set()
+    for file in files:
+        with open_checkpoint_file(file) as f:
+            for name in f.keys():
+                if any(fnmatch(name, pattern) for pattern in ignore):
+                    continue
+                if name not in targets:
+                    raise ModelFormatError(f"{file}: unexpected tensor {name!r}, which the model does not have")
+                if name in loaded:
+                    raise ModelFormatError(f"{file}: tensor {name!r} is stored twice in the checkpoint")
+                _copy(targets[name], f.get_tensor(name), name, file)
+                loaded.add(name)
+    missing = [name for name in targets if name not in loaded]
     if missing:
-        raise KeyError(f"checkpoint {path} lacks {len(missing)} tensors the model needs, e.g. {missing[:3]}")
+        where = files[0] if len(files) == 1 else path / "model.safetensors.index.json"
+        raise ModelFormatError(f"{where}: missing {len(missing)} tensor(s) the model needs: "
+                               f"{', '.join(map(repr, missing[:3]))}{', ...' if len(missing) > 3 else ''}")
 
 
-def load_model(name: str, dtype: torch.dtype, device: str | torch.device):
-    """Resolve `name`, build the shared Qwen3 model and load its weights. Returns (model, config, path)."""
+def _copy(target: torch.Tensor, tensor: torch.Tensor, name: str, file: Path) -> None:
+    if tuple(tensor.shape) != tuple(target.shape):
+        raise ModelFormatError(f"{file}: shape mismatch for {name!r}: checkpoint {tuple(tensor.shape)}, "
+                               f"model {tuple(target.shape)}")
+    if not (tensor.is_floating_point() and target.is_floating_point()) and tensor.dtype != target.dtype:
+        raise ModelFormatError(f"{file}: dtype mismatch for {name!r}: checkpoint {tensor.dtype}, model {target.dtype} "
+                               "(only floating-point tensors are converted)")
+    target.copy_(tensor)
+
+
+def load_model(name: str, dtype: torch.dtype, device: str | torch.device,
+               linear_factory: Callable[[int, int, bool], torch.nn.Module] = make_linear):
+    """Resolve `name`, build the shared Qwen3 model (its projections made by `linear_factory`) and load its
+    weights. Returns (model, config, path)."""
     from shared.model.qwen3 import Qwen3ForCausalLM
 
     path = resolve_model(name)
     config = ModelConfig.from_dir(path)
     with torch.device("meta"):
-        model = Qwen3ForCausalLM(config)
+        model = Qwen3ForCausalLM(config, linear_factory)
     model = model.to_empty(device=device).to(dtype)
     model.tie_weights()
-    load_weights(model, path, config.tie_word_embeddings)
+    load_weights(model, path)
     return model.eval(), config, path
 
 

@@ -8,47 +8,66 @@ gives the same tokens whatever else is in the batch.
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 
 import torch
 
+from shared.config import SEED_LIMIT, check_int
 
-@dataclass
+SAMPLING_EPS = 1e-5  # a temperature below this is greedy (vLLM's _SAMPLING_EPS): logits / 1e-40 would overflow
+
+
+def _number(name: str, value, allowed: str) -> float:
+    """`value` as a float if it is a finite real number (not a bool), else a ValueError naming `name`."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    raise ValueError(f"{name} must be a finite number {allowed}, got {value!r}")
+
+
+@dataclass(frozen=True)
 class SamplingParams:
-    """How to pick tokens for one request. `temperature=0` means greedy."""
+    """How to pick tokens for one request; validated when built and immutable afterwards (a request keeps
+    the params it was given). A temperature below `SAMPLING_EPS` (1e-5), 0 included, means greedy."""
 
     temperature: float = 1.0
     top_k: int = 0  # 0 (or -1) keeps every token
     top_p: float = 1.0  # keep the smallest set of tokens whose probability reaches top_p
     max_tokens: int = 16
-    seed: int | None = None
+    seed: int | None = None  # in [0, 2**64); None: drawn from the engine's generator
     ignore_eos: bool = False
-    stop: str | list[str] | None = None  # generation ends (finish_reason "stop") when the text contains one
+    stop: str | tuple[str, ...] | None = None  # generation ends (finish_reason "stop") when the text contains one
     n: int = 1  # completions of the prompt (parallel sampling), returned as RequestOutput.outputs[0..n-1]
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 means greedy), got {self.temperature}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k == -1:
-            self.top_k = 0
-        if not isinstance(self.top_k, int) or self.top_k < 0:
-            raise ValueError(f"top_k must be an integer >= 0 (0 or -1 disables it), got {self.top_k!r}")
-        if not isinstance(self.n, int) or self.n < 1:
-            raise ValueError(f"n must be an integer >= 1, got {self.n!r}")
-        if self.seed is not None and not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an integer or None, got {self.seed!r}")
-        if isinstance(self.stop, str):
-            self.stop = [self.stop]
-        if self.stop is not None and (not all(isinstance(s, str) and s for s in self.stop)):
-            raise ValueError(f"stop must be a non-empty string or a list of them, got {self.stop!r}")
+        def put(name: str, value) -> None:  # the dataclass is frozen: normalised values go in this way
+            object.__setattr__(self, name, value)
+
+        temperature = _number("temperature", self.temperature, f">= 0 (below {SAMPLING_EPS:g} means greedy)")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (below {SAMPLING_EPS:g} means greedy), got {temperature}")
+        top_p = _number("top_p", self.top_p, "in (0, 1]")
+        if not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        put("temperature", temperature)
+        put("top_p", top_p)
+        put("top_k", max(0, check_int("top_k", self.top_k, -1, hint=" (0 or -1 disables it)")))
+        put("max_tokens", check_int("max_tokens", self.max_tokens, 1))
+        put("n", check_int("n", self.n, 1))
+        if self.seed is not None:
+            put("seed", check_int("seed", self.seed, 0, SEED_LIMIT, high="2**64", hint=" (or None)"))
+        if not isinstance(self.ignore_eos, bool):
+            raise ValueError(f"ignore_eos must be True or False, got {self.ignore_eos!r}")
+        stop = (self.stop,) if isinstance(self.stop, str) else self.stop
+        if stop is not None:
+            if not isinstance(stop, list | tuple) or not all(isinstance(s, str) and s for s in stop):
+                raise ValueError(f"stop must be a non-empty string or a list of them, got {self.stop!r}")
+            put("stop", tuple(stop) or None)
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < SAMPLING_EPS
 
 
 def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:

@@ -1,12 +1,13 @@
 """ModelConfig / EngineConfig: parsing HF configs, the parameter formula, and validation messages."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoConfig, Qwen3ForCausalLM
 
-from shared.config import EngineConfig, ModelConfig, preset_hf_config
+from shared.config import BLOCK_SIZES, CacheConfig, EngineConfig, ModelConfig, SchedulerConfig, preset_hf_config
 from shared.loader import BUNDLED
 
 
@@ -67,5 +68,43 @@ def test_engine_config_defaults_and_errors():
         EngineConfig(dtype="int3")
     with pytest.raises(ValueError, match="device must be"):
         EngineConfig(device="tpu")
-    with pytest.raises(ValueError, match="max_model_len must be >= 2"):
-        EngineConfig(max_model_len=1)
+    assert EngineConfig(model=Path("/some/dir")).model == "/some/dir"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_model_len": 1}, "max_model_len must be an integer >= 2, got 1"),
+        ({"max_model_len": 64.0}, "max_model_len must be an integer >= 2, got 64.0"),
+        ({"max_model_len": True}, "max_model_len must be an integer >= 2, got True"),
+        ({"seed": "1"}, r"seed must be an integer in \[0, 2\*\*64\), got '1'"),
+        ({"seed": -1}, r"seed must be an integer in \[0, 2\*\*64\)"),
+        ({"model": 5}, "model must be a string or a path"),
+        ({"device": None}, "device must be a string"),
+        ({"device": "cuda:x"}, "device must be 'auto', 'cpu' or 'cuda"),
+        ({"dtype": torch.float32}, "dtype must be a string"),
+    ],
+)
+def test_engine_config_rejects(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        EngineConfig(**kwargs)
+
+
+def test_block_sizes_reach_flash_attn_and_must_be_ints():
+    assert BLOCK_SIZES == (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+    assert CacheConfig(block_size=512).block_size == 512
+    for bad in (16.0, True, 12, 1024):
+        with pytest.raises(ValueError, match=f"block_size must be an integer, one of .*, got {bad!r}"):
+            CacheConfig(block_size=bad)
+
+
+def test_max_num_batched_tokens_below_max_model_len_needs_chunked_prefill():
+    with pytest.raises(ValueError, match=r"max_num_batched_tokens must be an integer >= max_model_len \(256\), "
+                                         r"got 100: .*chunked prefill \(M5"):
+        SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=100).resolve(256)
+    chunked = SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=100, enable_chunked_prefill=True).resolve(256)
+    assert (chunked.max_num_batched_tokens, chunked.enable_chunked_prefill) == (100, True)
+    assert SchedulerConfig(max_num_seqs=8).resolve(256).max_num_batched_tokens == 256
+    for tokens, message in ((4, r"integer >= max_num_seqs \(8\), got 4"), (100.0, "got 100.0"), (True, "got True")):
+        with pytest.raises(ValueError, match=message):
+            SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=tokens, enable_chunked_prefill=True).resolve(256)

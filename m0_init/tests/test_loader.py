@@ -1,10 +1,16 @@
 """Model resolution and weight loading: bundled/local/hub names, and errors that name the problem."""
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
-from shared.loader import BUNDLED, ModelNotFoundError, load_model, resolve_model
+from shared.loader import BUNDLED, ModelFormatError, ModelNotFoundError, load_model, load_weights, resolve_model
 
 
 def test_bundled_model_resolves_and_loads():
@@ -41,43 +47,139 @@ def test_directory_without_config(tmp_path):
         resolve_model(str(tmp_path))
 
 
-def _copy_checkpoint(tmp_path, edit):
+def _copy_checkpoint(tmp_path, edit=None):
+    """A copy of the bundled model in tmp_path, its tensors changed by `edit` (a function of the dict)."""
     src = BUNDLED["tiny-qwen3"]
     for f in src.iterdir():
         if f.name != "model.safetensors":
             (tmp_path / f.name).write_bytes(f.read_bytes())
     tensors = load_file(src / "model.safetensors")
-    edit(tensors)
+    if edit:
+        edit(tensors)
     save_file(tensors, tmp_path / "model.safetensors")
-    return str(tmp_path)
+    return tmp_path
 
 
-def test_missing_key_is_named(tmp_path):
-    path = _copy_checkpoint(tmp_path, lambda t: t.pop("model.layers.2.mlp.up_proj.weight"))
-    with pytest.raises(KeyError, match=r"model\.layers\.2\.mlp\.up_proj\.weight"):
-        load_model(path, torch.float32, "cpu")
+def _edit_config(key, value=None):
+    def edit(path):
+        cfg = json.loads((path / "config.json").read_text())
+        cfg.pop(key) if value is None else cfg.update({key: value})
+        (path / "config.json").write_text(json.dumps(cfg))
+    return edit
 
 
-def test_unexpected_key_is_named(tmp_path):
-    path = _copy_checkpoint(tmp_path, lambda t: t.update({"model.extra.weight": torch.zeros(2)}))
-    with pytest.raises(KeyError, match=r"model\.extra\.weight"):
-        load_model(path, torch.float32, "cpu")
+def _truncate(path):
+    data = (path / "model.safetensors").read_bytes()
+    (path / "model.safetensors").write_bytes(data[: len(data) // 2])
 
 
-def test_shape_mismatch_is_named(tmp_path):
-    def shrink(t):
-        t["model.norm.weight"] = t["model.norm.weight"][:10]
+def _shrink(t):
+    t["model.norm.weight"] = t["model.norm.weight"][:10]
 
-    path = _copy_checkpoint(tmp_path, shrink)
-    with pytest.raises(ValueError, match=r"shape mismatch for 'model.norm.weight': checkpoint \(10,\)"):
-        load_model(path, torch.float32, "cpu")
+
+BROKEN = {  # name -> (edit of the tensors, edit of the directory, the file named, what the message says)
+    "missing config key": (None, _edit_config("hidden_size"), "config.json", "missing required key 'hidden_size'"),
+    "ill-typed config value": (None, _edit_config("num_hidden_layers", "4"), "config.json",
+                               "num_hidden_layers must be an integer >= 1, got '4'"),
+    "config not JSON": (None, lambda p: (p / "config.json").write_text("{ nope"), "config.json", "not valid JSON"),
+    "truncated weights": (None, _truncate, "model.safetensors",
+                          "not a readable safetensors file (truncated or corrupt): "),
+    "missing tensor": (lambda t: t.pop("model.layers.2.mlp.up_proj.weight"), None, "model.safetensors",
+                       "missing 1 tensor(s) the model needs: 'model.layers.2.mlp.up_proj.weight'"),
+    "unexpected tensor": (lambda t: t.update({"model.extra.weight": torch.zeros(2)}), None, "model.safetensors",
+                          "unexpected tensor 'model.extra.weight'"),
+    "mis-shaped tensor": (_shrink, None, "model.safetensors",
+                          "shape mismatch for 'model.norm.weight': checkpoint (10,), model (256,)"),
+    "int tensor for a float": (lambda t: t.update({"model.norm.weight": torch.ones(256, dtype=torch.int32)}), None,
+                               "model.safetensors", "dtype mismatch for 'model.norm.weight'"),
+}
+
+
+def broken_model(tmp_path, case: str) -> Path:
+    edit_tensors, edit_dir, _, _ = BROKEN[case]
+    path = _copy_checkpoint(tmp_path, edit_tensors)
+    if edit_dir:
+        edit_dir(path)
+    return path
+
+
+@pytest.mark.parametrize("case", list(BROKEN))
+def test_broken_model_directory_is_one_error_naming_the_file(tmp_path, case):
+    path = broken_model(tmp_path, case)
+    _, _, file, message = BROKEN[case]
+    with pytest.raises(ModelFormatError) as e:
+        load_model(str(path), torch.float32, "cpu")
+    assert str(e.value).startswith(f"{path / file}: ") and message in str(e.value)
+
+
+@pytest.mark.parametrize("case", ["missing config key", "truncated weights"])
+def test_m0_cli_on_a_broken_directory_prints_one_line(tmp_path, case):
+    path = broken_model(tmp_path, case)
+    r = subprocess.run([sys.executable, "-m", "m0_init", "--model", str(path)], capture_output=True, text=True, timeout=120)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert lines[0].startswith(f"error: {path / BROKEN[case][2]}: ") and BROKEN[case][3] in lines[0]
+
+
+def test_tied_lm_head_and_rotary_frequencies_in_a_checkpoint_are_skipped(tmp_path):
+    def add(t):
+        t["lm_head.weight"] = t["model.embed_tokens.weight"].clone()
+        t["model.rotary_emb.inv_freq"] = torch.ones(8)
+
+    model, _, _ = load_model(str(_copy_checkpoint(tmp_path, add)), torch.float32, "cpu")
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+
+
+class QuantLinear(nn.Module):
+    """A stand-in for a GPTQ linear: integer buffers the checkpoint fills as they are, and a non-persistent cache."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("qweight", torch.zeros(4, 2, dtype=torch.int32))
+        self.register_buffer("scales", torch.zeros(2))
+        self.register_buffer("workspace", torch.zeros(3), persistent=False)
+        self.bias = nn.Parameter(torch.zeros(2))
+
+
+def test_buffers_load_and_integers_are_copied_bit_exact(tmp_path):
+    qweight = torch.tensor([[-1, 2**31 - 1], [-(2**31), 123456789], [7, 0], [16777217, -16777217]], dtype=torch.int32)
+    tensors = {"qweight": qweight, "scales": torch.tensor([0.5, 0.25], dtype=torch.float16),
+               "bias": torch.tensor([1.0, 2.0]), "old.rotary_emb.inv_freq": torch.ones(4)}
+    save_file(tensors, tmp_path / "model.safetensors")
+    module = QuantLinear()
+    load_weights(module, tmp_path)  # the default ignores the rotary frequencies old checkpoints store
+    assert torch.equal(module.qweight, qweight) and module.scales.tolist() == [0.5, 0.25] and module.bias.tolist() == [1, 2]
+    save_file({**tensors, "extra.g_idx": torch.zeros(2)}, tmp_path / "model.safetensors")
+    load_weights(QuantLinear(), tmp_path, ignore=["extra.*", "*.inv_freq"])  # the caller's list replaces the default
+    with pytest.raises(ModelFormatError, match=r"unexpected tensor 'extra\.g_idx'"):
+        load_weights(QuantLinear(), tmp_path)
+    save_file({**tensors, "qweight": qweight.long()}, tmp_path / "model.safetensors")
+    with pytest.raises(ModelFormatError, match=r"dtype mismatch for 'qweight': checkpoint torch.int64, model torch.int32"):
+        load_weights(QuantLinear(), tmp_path)
+
+
+class MyLinear(nn.Linear):
+    pass
+
+
+def test_linear_factory_builds_every_projection():
+    made = []
+
+    def factory(in_features, out_features, bias):
+        made.append((in_features, out_features, bias))
+        return MyLinear(in_features, out_features, bias=bias)
+
+    model, config, _ = load_model("tiny-qwen3", torch.float32, "cpu", linear_factory=factory)
+    assert len(made) == 7 * config.num_hidden_layers  # q, k, v, o, gate, up, down
+    layer = model.model.layers[0]
+    assert all(isinstance(m, MyLinear) for m in (layer.self_attn.q_proj, layer.self_attn.o_proj, layer.mlp.down_proj))
+    ref = load_file(BUNDLED["tiny-qwen3"] / "model.safetensors")
+    assert torch.equal(layer.mlp.down_proj.weight, ref["model.layers.0.mlp.down_proj.weight"].float())
 
 
 def test_hub_id_resolves_from_the_hf_cache_offline(tmp_path):
     """A hub id that is in the HF cache loads with no network (what `--model Qwen/Qwen3-0.6B` does for a user)."""
     import os
-    import subprocess
-    import sys
 
     snapshot = tmp_path / "hub" / "models--folovllm-test--tiny" / "snapshots" / ("0" * 40)
     snapshot.mkdir(parents=True)

@@ -106,3 +106,8 @@ def test_streamed_text_holds_back_a_possible_stop_string():
         seen.append(RequestOutput.from_request(req).outputs[0].text)
     assert seq.finish_reason == "stop" and seen[-1] == " one two "
     assert all(" one two ".startswith(s) for s in seen)  # no partial "ST" is ever shown
+
+
+def test_a_prompt_that_is_not_unicode_text_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"prompt is not valid Unicode text: surrogates not allowed .* at position 4"):
+        _req("def \ud800(x):")

@@ -1,6 +1,7 @@
 """What `pytest m1_basic` checks beyond the files beside this one: every behaviour the engine keeps, HF parity included
 (written once in tests/kept/ and run here for this engine)."""
 
+from tests.kept.cli import *  # noqa: F403
 from tests.kept.every import *  # noqa: F403
 
 ENGINE = "m1_basic"

@@ -6,13 +6,18 @@ the float32 model matches `transformers` to rounding error.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+LinearFactory = Callable[[int, int, bool], nn.Module]  # (in_features, out_features, bias) -> a module y = x W^T (+ b)
+
 
 def make_linear(in_features: int, out_features: int, bias: bool = False) -> nn.Module:
-    """Every projection in the model is built here: m7 swaps this seam for a GPTQ 4-bit linear."""
+    """The default `LinearFactory`: every projection of the model is built by the factory handed to
+    `Qwen3ForCausalLM`, so m7 builds the same model with a GPTQ 4-bit linear without editing this code."""
     return nn.Linear(in_features, out_features, bias=bias)
 
 
@@ -64,11 +69,11 @@ class RotaryEmbedding(nn.Module):
 class MLP(nn.Module):
     """SwiGLU: down(silu(gate(x)) * up(x))."""
 
-    def __init__(self, hidden_size: int, intermediate_size: int) -> None:
+    def __init__(self, hidden_size: int, intermediate_size: int, linear_factory: LinearFactory = make_linear) -> None:
         super().__init__()
-        self.gate_proj = make_linear(hidden_size, intermediate_size)
-        self.up_proj = make_linear(hidden_size, intermediate_size)
-        self.down_proj = make_linear(intermediate_size, hidden_size)
+        self.gate_proj = linear_factory(hidden_size, intermediate_size, False)
+        self.up_proj = linear_factory(hidden_size, intermediate_size, False)
+        self.down_proj = linear_factory(intermediate_size, hidden_size, False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))

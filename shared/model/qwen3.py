@@ -13,20 +13,20 @@ from torch import nn
 
 from shared.attention import AttentionBackend, AttentionMetadata
 from shared.config import ModelConfig
-from shared.model.layers import MLP, RMSNorm, RotaryEmbedding, make_linear
+from shared.model.layers import MLP, LinearFactory, RMSNorm, RotaryEmbedding, make_linear
 
 
 class Attention(nn.Module):
-    def __init__(self, config: ModelConfig, layer_idx: int) -> None:
+    def __init__(self, config: ModelConfig, layer_idx: int, linear_factory: LinearFactory = make_linear) -> None:
         super().__init__()
         self.layer_idx = layer_idx
         self.n_heads, self.n_kv_heads, self.head_dim = (
             config.num_attention_heads, config.num_key_value_heads, config.head_dim)
         h, bias = config.hidden_size, config.attention_bias
-        self.q_proj = make_linear(h, config.q_size, bias)
-        self.k_proj = make_linear(h, config.kv_size, bias)
-        self.v_proj = make_linear(h, config.kv_size, bias)
-        self.o_proj = make_linear(config.q_size, h)
+        self.q_proj = linear_factory(h, config.q_size, bias)
+        self.k_proj = linear_factory(h, config.kv_size, bias)
+        self.v_proj = linear_factory(h, config.kv_size, bias)
+        self.o_proj = linear_factory(config.q_size, h, False)
         if config.qk_norm:  # Qwen3: RMSNorm over each head's vector before RoPE
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
@@ -46,10 +46,10 @@ class Attention(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, layer_idx: int) -> None:
+    def __init__(self, config: ModelConfig, layer_idx: int, linear_factory: LinearFactory = make_linear) -> None:
         super().__init__()
-        self.self_attn = Attention(config, layer_idx)
-        self.mlp = MLP(config.hidden_size, config.intermediate_size)
+        self.self_attn = Attention(config, layer_idx, linear_factory)
+        self.mlp = MLP(config.hidden_size, config.intermediate_size, linear_factory)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -59,10 +59,10 @@ class DecoderLayer(nn.Module):
 
 
 class Qwen3Model(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, linear_factory: LinearFactory = make_linear) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(DecoderLayer(config, i, linear_factory) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(config.head_dim, config.max_position_embeddings, config.rope_theta)
 
@@ -74,10 +74,13 @@ class Qwen3Model(nn.Module):
 
 
 class Qwen3ForCausalLM(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    """The causal LM. `linear_factory(in_features, out_features, bias)` builds every projection of the decoder
+    layers (m7 passes a GPTQ 4-bit linear); the lm_head stays a plain linear, as GPTQ checkpoints keep it."""
+
+    def __init__(self, config: ModelConfig, linear_factory: LinearFactory = make_linear) -> None:
         super().__init__()
         self.config = config
-        self.model = Qwen3Model(config)
+        self.model = Qwen3Model(config, linear_factory)
         self.lm_head = make_linear(config.hidden_size, config.vocab_size)
         self.tie_weights()
 
