@@ -56,11 +56,17 @@ def main(llm_class, prog: str, argv: list[str] | None = None) -> int:
         return print_error(err, e)
     console.print(Text(prompt, style="dim"), end="", soft_wrap=True)
     printed, out = 0, None
-    while engine.has_unfinished_requests():
-        for out in engine.step():
-            if out.request_id == rid and len(out.outputs[0].text) > printed:
-                console.print(Text(out.outputs[0].text[printed:]), end="", soft_wrap=True)
-                printed = len(out.outputs[0].text)
+    try:
+        while engine.has_unfinished_requests():
+            for out in engine.step():
+                if out.request_id == rid and len(out.outputs[0].text) > printed:
+                    console.print(Text(out.outputs[0].text[printed:]), end="", soft_wrap=True)
+                    printed = len(out.outputs[0].text)
+    except KeyboardInterrupt:  # Ctrl-C: stop generating, say so, no traceback
+        engine.abort_request(rid)
+        console.print()
+        err.print(Text("interrupted", style="yellow"))
+        return 130
     m = out.metrics
     tps = m.num_output_tokens / m.e2e if m.e2e else 0.0
     tpot = f"{m.tpot * 1e3:.1f} ms" if m.tpot is not None else "n/a"

@@ -61,3 +61,19 @@ def test_a_broken_model_directory_is_one_line(engine_name, tmp_path):
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1, r.stderr
     assert lines[0].startswith(f"error: {tmp_path / 'model.safetensors'}: not a readable safetensors file")
+
+
+def test_ctrl_c_stops_generation_without_a_traceback(engine_name):
+    """SIGINT while tokens stream: the CLI aborts the request, says "interrupted" and exits 130."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", engine_name, "def f():", "--max-tokens", "100000", "--ignore-eos",
+                             "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=ROOT)
+    while proc.stdout.read(1) != "(" and proc.poll() is None:  # the echoed prompt has arrived: generation is on
+        pass
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in stderr and "Traceback" not in stderr
