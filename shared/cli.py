@@ -33,6 +33,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
     ap.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     ap.add_argument("--max-model-len", type=int, default=None, help="context length (default: the model's)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (default: OMP_NUM_THREADS if set, else half the cores)")
     return ap
 
 
@@ -48,7 +50,8 @@ def main(llm_class, prog: str, argv: list[str] | None = None) -> int:
     try:
         params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                 max_tokens=args.max_tokens, seed=args.seed, ignore_eos=args.ignore_eos)
-        llm = llm_class(model=args.model, device=args.device, dtype=args.dtype, max_model_len=args.max_model_len)
+        llm = llm_class(model=args.model, device=args.device, dtype=args.dtype, max_model_len=args.max_model_len,
+                        num_threads=args.threads)
         prompt = llm.tokenizer.apply_chat_template(args.prompt) if args.chat else args.prompt
         engine = llm.engine
         rid = engine.add_request(prompt, params)

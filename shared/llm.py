@@ -27,12 +27,13 @@ class LLMBase:
     engine_class: type[Engine]  # the milestone's LLMEngine
 
     def __init__(self, model: str = "tiny-qwen3", device: str = "auto", dtype: str = "auto",
-                 max_model_len: int | None = None, seed: int = 0, **options) -> None:
+                 max_model_len: int | None = None, seed: int = 0, num_threads: int | None = None, **options) -> None:
         allowed = engine_options(self.engine_class)
         unknown = sorted(set(options) - set(allowed))
         if unknown:
             raise ValueError(f"unknown option(s) {unknown} for {self.engine_class.__module__}; allowed: {allowed or 'none'}")
-        config = EngineConfig(model=model, device=device, dtype=dtype, max_model_len=max_model_len, seed=seed)
+        config = EngineConfig(model=model, device=device, dtype=dtype, max_model_len=max_model_len, seed=seed,
+                              num_threads=num_threads)
         self.engine = self.engine_class(config, **options)
         self.tokenizer = self.engine.tokenizer
 

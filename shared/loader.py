@@ -179,8 +179,12 @@ def load_model(name: str, dtype: torch.dtype, device: str | torch.device,
 
 
 def load_for_engine(config):
-    """Everything an engine needs from disk: (model, ModelConfig, Tokenizer, max_model_len)."""
+    """Everything an engine needs from disk: (model, ModelConfig, Tokenizer, max_model_len). On CPU it also
+    sets torch's thread count to `config.num_threads` (see shared.config.default_num_threads)."""
     from shared.tokenizer import Tokenizer
+
+    if config.device == "cpu":
+        torch.set_num_threads(config.num_threads)
 
     model, model_config, path = load_model(config.model, config.torch_dtype, config.device)
     limit = model_config.max_position_embeddings

@@ -108,3 +108,28 @@ def test_max_num_batched_tokens_below_max_model_len_needs_chunked_prefill():
     for tokens, message in ((4, r"integer >= max_num_seqs \(8\), got 4"), (100.0, "got 100.0"), (True, "got True")):
         with pytest.raises(ValueError, match=message):
             SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=tokens, enable_chunked_prefill=True).resolve(256)
+
+
+def test_torch_threads_default_to_half_the_cores_or_omp_num_threads(monkeypatch):
+    """torch's default (a thread per core) ran 10-35x slower on 2 busy cores (docs/benchmarks.md, "Threads")."""
+    import os
+
+    from shared.config import default_num_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert EngineConfig(device="cpu").num_threads == default_num_threads() == max(1, (os.cpu_count() or 2) // 2)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert EngineConfig(device="cpu").num_threads == 3 and EngineConfig(device="cpu", num_threads=1).num_threads == 1
+    with pytest.raises(ValueError, match="num_threads must be an integer >= 1"):
+        EngineConfig(device="cpu", num_threads=0)
+
+
+def test_loading_for_an_engine_on_cpu_sets_torch_threads():
+    from shared.loader import load_for_engine
+
+    before = torch.get_num_threads()
+    try:
+        load_for_engine(EngineConfig(device="cpu", num_threads=2))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

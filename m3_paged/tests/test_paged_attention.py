@@ -7,7 +7,7 @@ and context lengths that are and are not multiples of the block size.
 
 On CPU the Triton kernel runs under `TRITON_INTERPRET=1`, so the default test command covers it. The flag must
 be set before triton is first imported, which another test module may do indirectly, so the plugin
-`shared/tools/triton_env.py` sets it before collection; the line below covers running this file on its own with
+`shared/tools/pytest_env.py` sets it before collection; the line below covers running this file on its own with
 other options. On CUDA the same tests run the kernel natively, and the `gpu` tests add bf16 and fp16.
 """
 

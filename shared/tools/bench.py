@@ -40,6 +40,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from shared.config import default_num_threads
 from shared.llm import engine_options
 from shared.sampling import SamplingParams
 from shared.tools.milestones import ENGINES
@@ -50,10 +51,8 @@ UP, DOWN = "↑", "↓"  # higher is better, lower is better
 
 
 def default_threads() -> int:
-    """Torch CPU threads for a benchmark: half the cores. On this project's 2-core machines that is 1, which
-    measured as fast as 2 on an idle machine and 10-20× faster when another process keeps a core busy (torch's
-    threads wait for each other at every op). See docs/benchmarks.md, "Threads"."""
-    return max(1, (os.cpu_count() or 2) // 2)
+    """Torch CPU threads for a benchmark: the engines' default (shared.config.default_num_threads)."""
+    return default_num_threads()
 
 
 class BenchError(ValueError):
