@@ -1,0 +1,49 @@
+"""Benchmark harness shared by every milestone: named workloads, metrics, a JSON result and a rich table.
+
+    python -m shared.tools.bench latency                      # the newest milestone against HF generate
+    python -m shared.tools.bench throughput --num-requests 64 --prompt-len 32:256 --output-len 32:256 \\
+        --repeat 3 --out run.json                             # the last two milestones, 3 interleaved runs
+    python -m shared.tools.bench compare bench_results/run.json
+
+Engines are milestone package names (`shared/tools/milestones.py` ENGINES) or `hf` (transformers
+`generate`). Every engine in one invocation runs the same requests on the same machine, and the table
+reports each one's ratio to the first engine: comparisons are ratios measured in one run. With
+`--repeat N` each engine is built and warmed up once, then the engines run interleaved A B A B ... N
+times; the table gives the median and the min–max spread, and the JSON keeps every repetition.
+`compare` prints each engine of a saved run against the one before it (m2 vs m1, m3 vs m2, ...).
+`--model random:qwen3-0.6b` builds a random-weight checkpoint of that preset shape (shared/config.py
+PRESETS) for GPU runs. `--threads N` sets torch's CPU threads (default: half the cores, see
+docs/benchmarks.md "Threads"). A mistake in the arguments is one red line on stderr and exit status 2.
+
+The files, one concept each:
+
+    checks.py      BenchError (one red line, exit 2), the engine names, the model check
+    workloads.py   Workload (latency), ThroughputWorkload: the requests every engine gets
+    engines.py     building a milestone LLM or an HF model, random checkpoints, `serve`
+    progress.py    Reporter and Task: a bar per engine run, or one line on stderr
+    results.py     Result (per-request times, per-repetition totals), summaries, ratios to the first engine
+    throughput.py  MilestoneRunner, HFRunner (static batching), run_throughput
+    latency.py     run_latency: one request at a time, the engines interleaved
+    machine.py     machine_info, default_threads
+    tables.py      describe (the setup in a sentence), render_table, render_compare
+    cli.py         the arguments, main, --out
+"""
+
+from shared.tools.bench.checks import ENGINE_NAMES, BenchError, check_engines, check_model, fail
+from shared.tools.bench.cli import RESULTS_DIR, main, out_path, parser
+from shared.tools.bench.engines import quiet_hf, resolve_bench_model, serve
+from shared.tools.bench.latency import hf_runner, milestone_runner, run_latency
+from shared.tools.bench.machine import default_threads, machine_info
+from shared.tools.bench.progress import Reporter, Task
+from shared.tools.bench.results import Result, add_ratios
+from shared.tools.bench.tables import DOWN, FIGURES, UP, describe, render, render_compare, render_table, render_throughput
+from shared.tools.bench.throughput import HFRunner, MilestoneRunner, run_throughput
+from shared.tools.bench.workloads import ThroughputWorkload, Workload
+
+__all__ = [
+    "DOWN", "ENGINE_NAMES", "FIGURES", "RESULTS_DIR", "UP", "BenchError", "HFRunner", "MilestoneRunner", "Reporter",
+    "Result", "Task", "ThroughputWorkload", "Workload", "add_ratios", "check_engines", "check_model", "default_threads",
+    "describe", "fail", "hf_runner", "machine_info", "main", "milestone_runner", "out_path", "parser", "quiet_hf",
+    "render", "render_compare", "render_table", "render_throughput", "resolve_bench_model", "run_latency",
+    "run_throughput", "serve",
+]

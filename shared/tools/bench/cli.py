@@ -1,0 +1,169 @@
+"""The command line: `python -m shared.tools.bench latency|throughput|compare ...`. Parses the arguments (a
+mistake is one red line, exit status 2), builds the workload and the setup, runs the engines, prints the
+table and writes the JSON of `--out` (a bare NAME.json goes to bench_results/)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import NoReturn
+
+import torch
+from rich.console import Console
+from rich.markup import escape
+
+from shared.config import DTYPES
+from shared.tools.bench.checks import ENGINE_NAMES, BenchError, check_engines, check_model, fail
+from shared.tools.bench.engines import resolve_bench_model
+from shared.tools.bench.latency import run_latency
+from shared.tools.bench.machine import default_threads, machine_info
+from shared.tools.bench.results import add_ratios
+from shared.tools.bench.tables import describe, render_compare, render_table
+from shared.tools.bench.throughput import _split_cuda_budget, run_throughput
+from shared.tools.bench.workloads import ThroughputWorkload, Workload
+from shared.tools.milestones import ENGINES
+
+RESULTS_DIR = Path("bench_results")  # where a bare --out NAME.json goes (ignored by git)
+
+
+def out_path(name: str) -> Path:
+    """A bare file name goes under bench_results/ (ignored by git); a path with a directory is kept as given."""
+    return Path(name) if ("/" in name or os.sep in name) else RESULTS_DIR / name
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one red line instead of usage + message
+        fail(f"{message} (see --help)")
+
+
+def _length_range(text: str) -> tuple[int, int]:
+    lo, _, hi = text.partition(":")
+    try:
+        return int(lo), int(hi or lo)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or LO:HI, got {text!r}") from None
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return n
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = _Parser(prog="python -m shared.tools.bench", description="FoloVLLM benchmarks.")
+    ap.add_argument("workload", choices=["latency", "throughput", "compare"],
+                    help="latency: single requests, one after another, engines interleaved; "
+                         "throughput: every request at once (nano-vllm style); compare: ratios of a saved run")
+    ap.add_argument("result", nargs="?", help="compare: the JSON written by --out")
+    ap.add_argument("--engines", nargs="+", default=None,
+                    help=f"from {' '.join(ENGINE_NAMES)}; default: {ENGINES[-1]} hf (latency), "
+                         f"{' '.join(ENGINES[-2:])} (throughput)")
+    ap.add_argument("--model", default="tiny-qwen3", help="bundled name, HF directory, hub id, or random:<preset>")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default=None, help="default: float32 on cpu, bfloat16 on cuda")
+    ap.add_argument("--num-requests", type=_positive, default=None, help="default: 5 (latency), 64 (throughput)")
+    ap.add_argument("--prompt-len", type=_length_range, default=None, help="N, or LO:HI for throughput (default 128 / 32:256)")
+    ap.add_argument("--output-len", type=_length_range, default=None, help="N, or LO:HI for throughput (default 64 / 32:256)")
+    ap.add_argument("--max-num-seqs", type=_positive, default=None, help="engines from m2 on; hf: the static batch size")
+    ap.add_argument("--max-model-len", type=_positive, default=None, help="the engines' context (sizes m2's KV slots)")
+    ap.add_argument("--kv-cache-memory-bytes", type=_positive, default=None, help="the KV budget of every engine from m2 on")
+    ap.add_argument("--block-size", type=_positive, default=None, help="paged engines (m3 on): positions per KV block")
+    ap.add_argument("--repeat", type=_positive, default=None,
+                    help="rounds of the engines interleaved (A B A B ...); default 3 (throughput), 1 (latency)")
+    ap.add_argument("--threads", type=_positive, default=None,
+                    help=f"torch CPU threads (default: half the cores, here {default_threads()})")
+    ap.add_argument("--full", action="store_true", help="every column (the default table fits 80 columns)")
+    ap.add_argument("--out", default=None, help="write the JSON result here; a bare NAME.json goes to bench_results/")
+    return ap
+
+
+def _output_console(full: bool = False) -> Console:
+    """80 columns when not a terminal (the compact table fits); the full table gets the width it needs."""
+    console = Console()
+    if full:
+        return Console(width=max(console.width, 250)) if console.is_terminal else Console(width=250)
+    return console if console.is_terminal else Console(width=80)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parser().parse_args(argv)
+    try:
+        return _main(args)
+    except BenchError as err:
+        fail(str(err))
+    except KeyboardInterrupt:
+        Console(stderr=True).print("[red]interrupted[/red]")
+        raise SystemExit(130) from None
+
+
+def _main(args: argparse.Namespace) -> dict:
+    if args.workload == "compare":
+        path = Path(args.result) if args.result else None
+        if path is None or not path.is_file():
+            raise BenchError(f"compare needs the JSON file of a run (--out of latency or throughput), got {args.result}")
+        try:
+            report = json.loads(path.read_text())
+            table = render_compare(report)
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise BenchError(f"{path} is not a result written by --out ({type(err).__name__}: {err})") from None
+        console = _output_console()
+        console.print(f"[bold]setup[/bold] {escape(describe(report['setup']))}", highlight=False)
+        console.print(table)
+        return report
+    if args.result is not None:
+        raise BenchError(f"unexpected argument {args.result!r}: only compare takes a file")
+    engines = args.engines or ([ENGINES[-1], "hf"] if args.workload == "latency" else ENGINES[-2:])
+    check_engines(engines)
+    check_model(args.model)
+    dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    if dtype not in DTYPES:
+        raise BenchError(f"unknown dtype {dtype!r}: choose from {', '.join(DTYPES)}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise BenchError(f"--device {args.device}: CUDA is not available on this machine")
+    if args.workload == "latency":
+        prompt_len, output_len = args.prompt_len or (128, 128), args.output_len or (64, 64)
+        if prompt_len[0] != prompt_len[1] or output_len[0] != output_len[1]:
+            raise BenchError("the latency workload takes fixed lengths (N), not ranges")
+        workload = Workload("latency", args.num_requests or 5, prompt_len[0], output_len[0])
+    else:
+        workload = ThroughputWorkload(args.num_requests or 64, args.prompt_len or (32, 256), args.output_len or (32, 256))
+    repeat = args.repeat or (1 if args.workload == "latency" else 3)
+    torch.set_num_threads(args.threads or default_threads())
+    setup = {"model": args.model, "device": args.device, "dtype": dtype, "threads": torch.get_num_threads(),
+             "repeat": repeat, "engines": engines, "machine": machine_info(args.device), "date": time.strftime("%Y-%m-%d"),
+             "workload": asdict(workload)}
+    options = dict(max_num_seqs=args.max_num_seqs, kv_cache_memory_bytes=args.kv_cache_memory_bytes, block_size=args.block_size)
+    if args.workload == "throughput":
+        _split_cuda_budget(engines, args.device, options)  # on CUDA: each engine's share, written down
+        setup.update(max_model_len=args.max_model_len, **options)
+    console = _output_console()
+    console.print(f"[bold]setup[/bold] {escape(describe(setup))}", highlight=False)
+    model = resolve_bench_model(args.model, dtype)
+    try:
+        if args.workload == "latency":
+            results = add_ratios([r.summary() for r in run_latency(engines, model, args.device, dtype, workload, repeat)])
+        else:
+            results = run_throughput(engines, model, args.device, dtype, workload, max_model_len=args.max_model_len,
+                                     repeat=repeat, **options)
+    except ValueError as err:  # the engines reject a bad option or a request that does not fit, before any work
+        raise BenchError(str(err)) from None
+    report = {"setup": setup, "results": results}
+    (_output_console(True) if args.full else console).print(render_table(results, setup, full=args.full))
+    if args.out:
+        path = out_path(args.out)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(report, indent=1))
+        except OSError as err:
+            raise BenchError(f"cannot write {path}: {err.strerror}") from None
+        Console(stderr=True, soft_wrap=True).print(f"wrote {path}", highlight=False, markup=False)
+    return report

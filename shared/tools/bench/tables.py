@@ -1,0 +1,141 @@
+"""What a run prints: `describe` (the setup in one sentence), `render_table` (the result table, compact or
+full, every header saying which way is better) and `render_compare` (each engine of a saved run over the
+engine before it, figure by figure)."""
+
+from __future__ import annotations
+
+import itertools
+
+from rich import box
+from rich.table import Table
+
+from shared.tools.bench.results import add_ratios
+
+UP, DOWN = "↑", "↓"  # higher is better, lower is better
+
+
+def describe(setup: dict) -> str:
+    """The setup in one sentence (wraps to the console's width)."""
+    w = setup["workload"]
+    if w["name"] == "latency":
+        load = f"{w['num_requests']} requests one at a time, prompt {w['prompt_len']} → {w['output_len']} tokens"
+    else:
+        def span(lo_hi) -> str:
+            return f"{lo_hi[0]}" if lo_hi[0] == lo_hi[1] else f"{lo_hi[0]}–{lo_hi[1]}"
+
+        load = (f"{w['num_requests']} requests at once, prompt {span(w['prompt_len'])}, output {span(w['output_len'])}, "
+                f"max_num_seqs {setup.get('max_num_seqs') or 'default'}")
+        for key in ("max_model_len", "kv_cache_memory_bytes", "block_size"):
+            if setup.get(key):
+                load += f", {key} {setup[key]:,}"
+    m = setup.get("machine", {})
+    where = m.get("gpu") or f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores"
+    return (f"{w['name']} · {setup['model']} · {setup['device']} {setup['dtype']} · {where} · "
+            f"{setup.get('threads', m.get('threads'))} torch threads · {load} · "
+            f"{setup.get('repeat', 1)} repetition(s), engines interleaved · greedy, EOS ignored · {setup.get('date', '')}")
+
+
+def _fmt(r: dict, key: str, spec: str) -> str:
+    return format(r[key], spec) if r.get(key) is not None else "–"
+
+
+def _ms(r: dict, key: str) -> str:
+    v = r.get(key)
+    return "–" if v is None else f"{v:,.0f}" if v >= 100 else f"{v:.2f}" if v < 10 else f"{v:.1f}"
+
+
+def _ratio(r: dict) -> str:
+    if r.get("ratio") is None:
+        return "–"
+    if r.get("ratio_min") is None or len(r.get("ratios", [])) < 2:
+        return f"{r['ratio']:.2f}×"
+    return f"{r['ratio']:.2f}× {r['ratio_min']:.2f}–{r['ratio_max']:.2f}"
+
+
+def render_table(results: list[dict], setup: dict, full: bool = False) -> Table:
+    """The result table. Compact (fits 80 columns): engine, median output tok/s, median ratio to the first
+    engine with its min–max over the repetitions, TTFT/TPOT p50, KV utilisation, preemptions. `full`:
+    every figure. Every header says which way is better."""
+    base = results[0]["engine"] if results else "?"
+    if not full:
+        t = Table(box=box.SIMPLE_HEAD, pad_edge=False, caption=f"{UP} higher is better · {DOWN} lower is better · "
+                  f"ratio: median output tok/s over {base}'s in the same round, and min–max over the rounds",
+                  caption_justify="left")
+        for col in ("engine", f"tok/s {UP}\nmedian", f"× {base} {UP}\nmed min–max", f"TTFT {DOWN}\np50 ms",
+                    f"TPOT {DOWN}\np50 ms", f"KV {UP}\nutil", f"preempt\n{DOWN}"):
+            t.add_column(col, justify="left" if col == "engine" else "right")
+        for r in results:
+            t.add_row(r["engine"], f"{r['output_tok_per_s']:,.1f}", _ratio(r), _ms(r, "ttft_ms_p50"), _ms(r, "tpot_ms_p50"),
+                      _fmt(r, "kv_mean_utilization", ".1%"), _fmt(r, "preemptions", "d"))
+        return t
+    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, caption=f"{UP} higher is better · {DOWN} lower is better",
+              caption_justify="left")
+    cols = [("engine", None), (f"tok/s {UP}\nmedian", lambda r: f"{r['output_tok_per_s']:,.1f}"),
+            (f"tok/s {UP}\nmin", lambda r: _fmt(r, "output_tok_per_s_min", ",.1f")),
+            (f"tok/s {UP}\nmax", lambda r: _fmt(r, "output_tok_per_s_max", ",.1f")),
+            (f"× {base} {UP}\nmed min–max", _ratio),
+            (f"req/s {UP}", lambda r: _fmt(r, "requests_per_s", ",.2f")),
+            (f"wall s {DOWN}\nmedian", lambda r: _fmt(r, "wall_s", ".1f"))]
+    for fig in ("ttft", "tpot"):
+        for q in (50, 95, 99):
+            cols.append((f"{fig.upper()} {DOWN}\np{q} ms", lambda r, k=f"{fig}_ms_p{q}": _ms(r, k)))
+    cols += [(f"e2e {DOWN}\np50 s", lambda r: _fmt(r, "e2e_s_p50", ".2f")),
+             (f"e2e {DOWN}\np99 s", lambda r: _fmt(r, "e2e_s_p99", ".2f")),
+             (f"running {UP}\nmax", lambda r: _fmt(r, "max_running", "d")),
+             (f"running {UP}\nmean", lambda r: _fmt(r, "mean_running", ".1f")),
+             ("KV reserved\npeak tok", lambda r: _fmt(r, "kv_peak_reserved_tokens", ",d")),
+             ("KV used\npeak tok", lambda r: _fmt(r, "kv_peak_used_tokens", ",d")),
+             (f"KV util {UP}\nmean", lambda r: _fmt(r, "kv_mean_utilization", ".1%")),
+             (f"preempt {DOWN}", lambda r: _fmt(r, "preemptions", "d"))]
+    for name, _ in cols:
+        t.add_column(name, justify="left" if name == "engine" else "right", no_wrap=True)
+    for r in results:
+        t.add_row(r["engine"], *(fn(r) for _, fn in cols[1:]))
+    return t
+
+
+def render(results: list[dict], setup: dict) -> Table:
+    """The latency table (kept for older callers): the compact table."""
+    return render_table(add_ratios(results), setup)
+
+
+def render_throughput(results: list[dict], setup: dict) -> Table:
+    """The throughput table (kept for older callers): every column."""
+    return render_table(add_ratios(results), setup, full=True)
+
+
+# figure -> (label, which way is better); compare prints these where every engine has the figure
+FIGURES = {
+    "output_tok_per_s": ("output tok/s", UP), "requests_per_s": ("requests/s", UP),
+    "ttft_ms_p50": ("TTFT p50", DOWN), "ttft_ms_p99": ("TTFT p99", DOWN),
+    "tpot_ms_p50": ("TPOT p50", DOWN), "tpot_ms_p99": ("TPOT p99", DOWN),
+    "e2e_s_p50": ("e2e latency p50", DOWN), "max_running": ("peak running seqs", UP),
+    "mean_running": ("mean running seqs", UP), "kv_mean_utilization": ("KV utilisation", UP),
+}
+
+
+def render_compare(report: dict) -> Table:
+    """Each engine of one saved run against the engine before it, figure by figure, with the direction that
+    is better; a ratio is green where the later engine is better, red where it is worse."""
+    rs = report["results"]
+    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left", caption_justify="left",
+              title="each engine's figures over the previous engine's (medians of the rounds of one run)",
+              caption=f"{UP} higher is better · {DOWN} lower is better · green: the later engine is better")
+    t.add_column("figure")
+    t.add_column("better")
+    pairs = list(itertools.pairwise(rs))
+    for prev, cur in pairs:
+        t.add_column(f"{cur['engine']}\n/ {prev['engine']}", justify="right")
+    for key, (label, way) in FIGURES.items():
+        if sum(1 for prev, cur in pairs if prev.get(key) and cur.get(key)) == 0:
+            continue
+        cells = []
+        for prev, cur in pairs:
+            if not (prev.get(key) and cur.get(key)):
+                cells.append("–")
+                continue
+            q = cur[key] / prev[key]
+            better = q > 1 if way == UP else q < 1
+            cells.append(f"[{'green' if better else 'red'}]{q:.2f}×[/]" if abs(q - 1) > 0.005 else f"{q:.2f}×")
+        t.add_row(label, f"{way} {'higher' if way == UP else 'lower'}", *cells)
+    return t
