@@ -83,6 +83,9 @@ def make_request(prompt: Prompt, params: SamplingParams, tokenizer: Tokenizer, m
         bad = [t for t in ids if not 0 <= t < tokenizer.vocab_size]
         if bad:
             raise ValueError(f"prompt token ids must be in [0, {tokenizer.vocab_size}), got {bad[:5]}")
+    elif isinstance(prompt, list | tuple):
+        bad = next(t for t in prompt if not is_int(t))
+        raise ValueError(f"prompt token ids must be integers, got {bad!r} ({type(bad).__name__})")
     else:
         raise ValueError(f"a prompt must be a string or a list of token ids, got {type(prompt).__name__}")
     if not ids:

@@ -37,6 +37,8 @@ class ModelFormatError(ValueError):
 def resolve_model(name: str | Path) -> Path:
     """Return the local directory that holds `name`: a bundled model, a directory, or a cached/downloaded hub id."""
     name = str(name)
+    if not name.strip():
+        raise ModelNotFoundError(f"model name is empty: give a bundled name ({', '.join(BUNDLED)}), a directory or a hub id")
     if name in BUNDLED:
         return BUNDLED[name]
     path = Path(name).expanduser()

@@ -33,6 +33,7 @@ def test_local_directory_resolves(tmp_path):
     [
         ("no-such-model", "unknown model 'no-such-model'"),
         ("folovllm-tests/definitely-not-a-model", "could not be downloaded"),
+        ("", "model name is empty"),
     ],
 )
 def test_unknown_model_errors(name, message):

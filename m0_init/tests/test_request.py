@@ -111,3 +111,11 @@ def test_streamed_text_holds_back_a_possible_stop_string():
 def test_a_prompt_that_is_not_unicode_text_is_a_clear_error():
     with pytest.raises(ValueError, match=r"prompt is not valid Unicode text: surrogates not allowed .* at position 4"):
         _req("def \ud800(x):")
+
+
+@pytest.mark.parametrize(("prompt", "message"), [([1.5, 2], "token ids must be integers, got 1.5"),
+                                                 ([True], "token ids must be integers, got True"),
+                                                 ([["a"]], "token ids must be integers")])
+def test_token_ids_must_be_integers(prompt, message):
+    with pytest.raises(ValueError, match=message):
+        _req(prompt)
