@@ -138,6 +138,7 @@ def test_out_bare_name_goes_to_bench_results(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.splitlines()  # not a terminal: one line per engine and round, no bar
     assert len(err) == 2 * 2 + 1 and all("output tok/s" in line for line in err[:-1])
     assert bench.out_path("sub/run.json") == Path("sub/run.json") and bench.out_path("run.json") == Path("bench_results/run.json")
+    assert bench.main(["compare", "run.json"])["results"] == saved["results"]  # compare finds it by the same name
 
 
 def test_defaults_include_the_newest_milestone():

@@ -108,6 +108,8 @@ def main(argv: list[str] | None = None) -> dict:
 def _main(args: argparse.Namespace) -> dict:
     if args.workload == "compare":
         path = Path(args.result) if args.result else None
+        if path is not None and not path.is_file() and out_path(args.result).is_file():
+            path = out_path(args.result)  # `compare run.json` finds what `--out run.json` wrote
         if path is None or not path.is_file():
             raise BenchError(f"compare needs the JSON file of a run (--out of latency or throughput), got {args.result}")
         try:
