@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 REPLACEMENT = "\ufffd"  # what a decoder emits for an incomplete UTF-8 sequence
@@ -13,7 +14,22 @@ class Tokenizer:
     def __init__(self, path: str | Path) -> None:
         from transformers import AutoTokenizer
 
-        self.hf = AutoTokenizer.from_pretrained(str(path))
+        from shared.loader import ModelFormatError
+
+        path = Path(path)
+        for name in ("tokenizer.json", "tokenizer_config.json"):  # name the broken file, not transformers' guess
+            file = path / name
+            if file.is_file():
+                try:
+                    json.loads(file.read_text())
+                except (ValueError, UnicodeDecodeError) as err:
+                    raise ModelFormatError(f"{file}: not valid JSON ({err})") from None
+        try:
+            self.hf = AutoTokenizer.from_pretrained(str(path))
+        except Exception as err:  # transformers raises many kinds, often with several lines of advice
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ModelFormatError(f"{path}: the tokenizer cannot be loaded ({reason.rstrip(': ')}); an HF model "
+                                   "directory needs tokenizer.json (or a slow tokenizer's files)") from None
         self.vocab_size = len(self.hf)
 
     def encode(self, text: str) -> list[int]:

@@ -1,6 +1,7 @@
 """Model resolution and weight loading: bundled/local/hub names, and errors that name the problem."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -193,3 +194,19 @@ def test_hub_id_resolves_from_the_hf_cache_offline(tmp_path):
                         "--max-tokens", "5", "--ignore-eos"], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "5 tokens" in r.stdout and "folovllm-test/tiny" in r.stdout
+
+
+@pytest.mark.parametrize(("edit", "named", "message"), [
+    (lambda p: (p / "tokenizer.json").write_text("{not json"), "tokenizer.json", "not valid JSON"),
+    (lambda p: (p / "tokenizer.json").unlink(), "", "the tokenizer cannot be loaded"),
+])
+def test_a_broken_tokenizer_is_one_error_naming_the_file(tmp_path, edit, named, message):
+    from shared.tokenizer import Tokenizer
+
+    path = tmp_path / "model"
+    shutil.copytree(BUNDLED["tiny-qwen3"], path)
+    edit(path)
+    with pytest.raises(ModelFormatError) as e:
+        Tokenizer(path)
+    assert str(e.value).startswith(f"{path / named}: ".replace("/: ", ": ")) and message in str(e.value)
+    assert "\n" not in str(e.value)
