@@ -55,9 +55,11 @@ def plot(report: dict, png: Path) -> None:
            [r.get("output_tok_per_s_max", t) - t for t, r in zip(tps, rs, strict=True)]]
     ax.bar(x, tps, color=colors, yerr=err, capsize=4)
     for i, (t, r) in enumerate(zip(tps, rs, strict=True)):
-        ax.annotate(f"{t:,.0f}\n{r.get('ratio', t / tps[0]):.2f}× {names[0]}", (i, t), ha="center", va="bottom",
+        top = r.get("output_tok_per_s_max", t)  # above the error bar, not across it
+        ax.annotate(f"{t:,.0f}\n{r.get('ratio', t / tps[0]):.2f}× {names[0]}", (i, top), ha="center", va="bottom",
                     fontsize=8, xytext=(0, 3), textcoords="offset points")
-    ax.set(title="output tokens/s ↑ (median, bars: min–max)", ylabel="tokens/s", ylim=(0, 1.3 * max(tps)))
+    highest = max(t + e for t, e in zip(tps, err[1], strict=True))
+    ax.set(title="output tokens/s ↑ (median, bars: min–max)", ylabel="tokens/s", ylim=(0, 1.35 * highest))
 
     for ax, fig_key, title in ((axes[0, 1], "ttft_ms", "TTFT ↓ (ms, log scale)"),
                                (axes[1, 0], "tpot_ms", "TPOT ↓ (ms)")):
