@@ -1,7 +1,8 @@
 """M2's model runner: one forward pass for a whole batch of sequences, then one sample per sequence.
 
-Each sequence contributes the tokens its slot has not cached yet: the whole prompt when it is admitted,
-its whole history when it is recomputed after preemption, and one token when it decodes. They are
+Each sequence contributes the tokens the scheduler planned for it (`batch.num_new_tokens`), starting at
+what its slot has cached (`cache.num_computed_tokens`): the whole prompt when it is admitted, its whole
+history when it is recomputed after preemption, and one token when it decodes. They are
 concatenated into flat `input_ids[T]` / `positions[T]`. The model's matmuls run once over all T tokens,
 which is where batching pays off. Only each sequence's last hidden state goes through the LM head.
 """

@@ -14,6 +14,9 @@ One `schedule()` call plans one model step:
 
 So new requests join between decode steps and finished ones leave at once (the engine calls `finish`).
 Orca called this iteration-level scheduling. A request no longer waits for a whole batch to drain.
+
+The plan says how many tokens each sequence computes this step (`ScheduledBatch.num_new_tokens`); after
+the step, `update_after_step` tells the KV cache, the one owner of each sequence's cached count.
 """
 
 from __future__ import annotations

@@ -14,8 +14,12 @@ preempted ones to recompute. `running` holds sequences with a block table, oldes
 
 Parallel sampling (n > 1): only a request's first sequence waits in the queue. When it is admitted, its
 siblings are planned as forks (`ScheduledBatch.forks`). The prompt runs once, every sibling samples its
-own first token from the same logits, and then the engine forks them: they share the prompt's blocks
-(copy-on-write) and decode as independent sequences.
+own first token from the same logits, and then `update_after_step` forks them: they share the prompt's
+blocks (copy-on-write) and decode as independent sequences. Siblings planned this way count against
+`max_num_seqs` from the moment they are planned.
+
+The scheduler's plan says how many tokens each sequence computes this step (`num_new_tokens`); after the
+step, `update_after_step` tells the KV cache manager, the one owner of each sequence's cached count.
 """
 
 from __future__ import annotations
