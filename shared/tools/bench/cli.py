@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -58,9 +59,12 @@ def _positive(text: str) -> int:
     return n
 
 
+WORKLOADS = ("latency", "throughput", "compare")
+
+
 def parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="python -m shared.tools.bench", description="FoloVLLM benchmarks.")
-    ap.add_argument("workload", choices=["latency", "throughput", "compare"],
+    ap.add_argument("workload", choices=WORKLOADS,
                     help="latency: single requests, one after another, engines interleaved; "
                          "throughput: every request at once (nano-vllm style); compare: ratios of a saved run")
     ap.add_argument("result", nargs="?", help="compare: the JSON written by --out")
@@ -94,8 +98,18 @@ def _output_console(full: bool = False) -> Console:
     return console if console.is_terminal else Console(width=80)
 
 
+def workload_first(argv: list[str]) -> list[str]:
+    """`--engines m2_batching m3_paged throughput` reads naturally, but `--engines` would swallow the workload:
+    move the first workload name to the front, where argparse expects it."""
+    if argv and argv[0] not in WORKLOADS:
+        for i, arg in enumerate(argv):
+            if arg in WORKLOADS:
+                return [arg, *argv[:i], *argv[i + 1:]]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> dict:
-    args = parser().parse_args(argv)
+    args = parser().parse_args(workload_first(list(sys.argv[1:] if argv is None else argv)))
     try:
         return _main(args)
     except BenchError as err:
