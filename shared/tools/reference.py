@@ -108,3 +108,16 @@ def parity_prompts(tokenizer) -> list[str]:
         "    for key, value in sorted(mapping.items()):\n        if",
         LONG_PROMPT,
     ]
+
+
+def held_out_prompt(tokenizer, num_tokens: int) -> list[int]:
+    """`num_tokens` token ids of held-out text (standard-library files tiny-qwen3 never trained on, end to end):
+    the long prompts of the 8K-context checks. Deterministic for a given Python version."""
+    from shared.tools.train_tiny import held_out_files
+
+    ids: list[int] = []
+    for path in held_out_files():
+        ids += tokenizer.encode(path.read_text(encoding="utf-8", errors="ignore"))
+        if len(ids) >= num_tokens:
+            return ids[:num_tokens]
+    raise ValueError(f"the held-out text has only {len(ids):,} tokens, fewer than {num_tokens:,}")

@@ -59,12 +59,20 @@ def chat_examples(source: str) -> list[str]:
     return out
 
 
+HELD_OUT_EVERY = 40  # every 40th standard-library file is never trained on
+
+
+def held_out_files() -> list[Path]:
+    """The files training never saw: evaluation text for perplexity and long-context prompts."""
+    return stdlib_files()[::HELD_OUT_EVERY]
+
+
 def build_corpus() -> tuple[list[str], list[str]]:
     train, held_out = [], []
     for i, path in enumerate(stdlib_files()):
         text = path.read_text(encoding="utf-8", errors="ignore")
-        (held_out if i % 40 == 0 else train).append(text)
-        if i % 40:
+        (held_out if i % HELD_OUT_EVERY == 0 else train).append(text)
+        if i % HELD_OUT_EVERY:
             train.extend(chat_examples(text))
     return train, held_out
 
