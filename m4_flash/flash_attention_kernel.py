@@ -90,8 +90,9 @@ def _flash_attention_kernel(
 
 
 def tile_sizes(group: int, max_seqlen_q: int) -> tuple[int, int]:
-    """(BLOCK_Q, BLOCK_N). A tile has BLOCK_Q * group rows, at least 16 (`tl.dot`'s minimum): 16 rows when every
-    sequence decodes (one query each, more rows would be padding), 64 when some sequence prefills."""
+    """(BLOCK_Q, BLOCK_N). A tile has BLOCK_Q * group rows: 16 when every sequence decodes (one query each, so
+    more rows would be padding; 16 is a tensor-core tile's height, and Triton before 3.x refused `tl.dot` on
+    fewer), 64 when some sequence prefills."""
     rows = 16 if max_seqlen_q == 1 else 64
     group_p = triton.next_power_of_2(group)
     return max(1, rows // group_p), 64
