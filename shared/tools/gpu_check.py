@@ -1,55 +1,126 @@
-"""One call for a lent GPU machine: the GPU tests, the kernel micro-benchmark, then the engine benchmarks.
+"""One call for a lent GPU machine: the GPU tests, the kernel micro-benchmarks, then the engine benchmarks.
 
-    python -m shared.tools.gpu_check OUT_DIR [--quick]
+    python -m shared.tools.gpu_check OUT_DIR [--quick] [--steps tests attention ...]
 
-Writes into OUT_DIR: pytest_gpu.log; kernels.json (M3's paged decode kernel against the PyTorch reference,
-Qwen3-0.6B head shape, bf16); bench_latency.json and bench_throughput.json (Qwen3-0.6B shape, random
-bf16 weights, the engines against HF generate in the same run). Each part is sized to fit, with the
-machine's start, in the 15 minutes of device time a session gets; `--quick` shrinks the workloads further.
-Later milestones add their workloads here.
+Writes into OUT_DIR, step by step (each step's failure is printed with its traceback and the next step runs;
+the exit status is the GPU tests' status, or 1 if a later step failed):
+
+- tests       pytest_gpu.log: the gpu-marked tests of tests/ and every milestone (m3_paged, m4_flash, ...).
+- kernels     kernels.json: M3's paged decode kernel against the PyTorch reference (shared/tools/kernel_bench.py).
+- attention   attention.json: M4's attention backends, one layer of the Qwen3-0.6B shape in bf16, prefill and decode
+              at contexts 512-8192 and decode batches 1/16/64 (shared/tools/bench/attention.py): naive, torch SDPA and
+              the project's Triton kernel, time (ms, TFLOP/s, GB/s, % of the card's peak) and peak memory, each
+              against naive in the same run, the card's name in the setup. Where flash-attn is importable,
+              attention_flash.json adds it at blocks of 256 tokens (the pages it reads) beside sdpa and triton.
+- latency     bench_latency.json: m3_paged and m4_flash against HF generate, one request at a time.
+- throughput  bench_throughput.json: m3_paged and m4_flash against HF static batching, every request at once.
+
+Sized to fit, with the machine's start, in the 15 minutes of device time a session gets; `--quick` shrinks
+every workload (fewer contexts, batches and rounds, fewer requests) for a rerun.
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from shared.tools.milestones import ENGINES
+
+STEPS = ("tests", "kernels", "attention", "latency", "throughput")
+MODEL = "random:qwen3-0.6b"
 
 
 def _step(name: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {name}", flush=True)
 
 
-def main(out: Path, quick: bool = False) -> int:
-    out.mkdir(parents=True, exist_ok=True)
-    _step("GPU tests")
+def _tests(out: Path, quick: bool) -> int:
     with open(out / "pytest_gpu.log", "w") as log:
         rc = subprocess.call([sys.executable, "-m", "pytest", "-m", "gpu", "-p", "no:nbmake", "-p", "no:cacheprovider",
-                              "-o", "addopts=--import-mode=importlib", "tests", *ENGINES], stdout=log, stderr=subprocess.STDOUT)
-    print((out / "pytest_gpu.log").read_text().splitlines()[-1], flush=True)
-    from shared.tools.bench import main as bench
+                              "-o", "addopts=--import-mode=importlib", "tests", *ENGINES],
+                             stdout=log, stderr=subprocess.STDOUT)
+    lines = (out / "pytest_gpu.log").read_text().splitlines()
+    print(lines[-1] if lines else "(pytest wrote nothing)", flush=True)
+    return rc
+
+
+def _kernels(out: Path, quick: bool) -> None:
     from shared.tools.kernel_bench import main as kernels
 
-    _step("kernel micro-benchmark")
     kernels(["--out", str(out / "kernels.json"), *(["--contexts", "1024", "4096"] if quick else [])])
-    _step("latency")
-    bench(["latency", "--engines", *ENGINES, "hf", "--model", "random:qwen3-0.6b", "--device", "cuda",
-           "--num-requests", "3", "--prompt-len", "128", "--output-len", "128", "--out", str(out / "bench_latency.json")])
-    _step("throughput")
-    batching = [e for e in ENGINES if e != "m1_basic"]  # m1 serves one request at a time: minutes on this workload
+
+
+def _attention(out: Path, quick: bool) -> None:
+    from shared.tools.bench import main as bench
+
+    contexts = ["512", "2048", "8192"] if quick else ["512", "1024", "2048", "4096", "8192"]
+    batches = ["1", "64"] if quick else ["1", "16", "64"]
+    common = ["attention", "--model", MODEL, "--device", "cuda", "--dtype", "bfloat16", "--contexts", *contexts,
+              "--batches", *batches, "--repeat", "2" if quick else "3"]
+    bench([*common, "--backends", "naive", "sdpa", "triton", "--out", str(out / "attention.json")])
+    if importlib.util.find_spec("flash_attn") is not None and not quick:
+        _step("attention with flash-attn (blocks of 256)")
+        bench([*common, "--block-size", "256", "--backends", "sdpa", "triton", "flash-attn",
+               "--out", str(out / "attention_flash.json")])
+
+
+def _latency(out: Path, quick: bool) -> None:
+    from shared.tools.bench import main as bench
+
+    bench(["latency", "--engines", *ENGINES[-2:], "hf", "--model", MODEL, "--device", "cuda",
+           "--num-requests", "2" if quick else "3", "--prompt-len", "128", "--output-len", "128",
+           "--out", str(out / "bench_latency.json")])
+
+
+def _throughput(out: Path, quick: bool) -> None:
+    from shared.tools.bench import main as bench
+
     n, hi = ("64", "256") if quick else ("128", "512")
-    bench(["throughput", "--engines", *batching, "hf", "--model", "random:qwen3-0.6b", "--device", "cuda",
+    bench(["throughput", "--engines", *ENGINES[-2:], "hf", "--model", MODEL, "--device", "cuda",
            "--num-requests", n, "--prompt-len", f"100:{hi}", "--output-len", f"100:{hi}", "--max-num-seqs", "64",
            "--max-model-len", "1024", "--repeat", "1", "--out", str(out / "bench_throughput.json")])
+
+
+RUNNERS = {"tests": _tests, "kernels": _kernels, "attention": _attention, "latency": _latency, "throughput": _throughput}
+
+
+def main(out: Path, quick: bool = False, steps: tuple[str, ...] = STEPS) -> int:
+    out.mkdir(parents=True, exist_ok=True)
+    rc = 0
+    for name in steps:
+        _step(name)
+        try:
+            result = RUNNERS[name](out, quick)
+            if name == "tests":
+                rc = result
+        except SystemExit as err:  # bench's one-line errors exit 2: report, go on
+            print(f"{name}: exited with status {err.code}", flush=True)
+            rc = rc or 1
+        except Exception:
+            traceback.print_exc()
+            sys.stderr.flush()
+            rc = rc or 1
     _step("done")
     return rc
 
 
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m shared.tools.gpu_check", description=__doc__.split("\n")[0])
+    ap.add_argument("out", type=Path, help="the folder the logs and JSON results go to")
+    ap.add_argument("--quick", action="store_true", help="smaller workloads, for a rerun")
+    ap.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS), help=f"default: all of {' '.join(STEPS)}")
+    return ap
+
+
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if a != "--quick"]
-    if len(args) != 1:
-        sys.exit("usage: python -m shared.tools.gpu_check OUT_DIR [--quick]")
-    sys.exit(main(Path(args[0]), quick="--quick" in sys.argv))
+    args = parser().parse_args()
+    import torch
+
+    if not torch.cuda.is_available():
+        sys.exit("error: gpu_check runs on a machine with a CUDA GPU")
+    sys.exit(main(args.out, quick=args.quick, steps=tuple(args.steps)))

@@ -4,6 +4,8 @@
     python -m shared.tools.bench throughput --num-requests 64 --prompt-len 32:256 --output-len 32:256 \\
         --repeat 3 --out run.json                             # the last two milestones, 3 interleaved runs
     python -m shared.tools.bench compare bench_results/run.json
+    python -m shared.tools.bench attention --model random:qwen3-0.6b --out attn.json   # one attention layer per
+                                                              # M4 backend, prefill and decode, 512..8K tokens
 
 Engines are milestone package names (`shared/tools/milestones.py` ENGINES) or `hf` (transformers
 `generate`). Every engine in one invocation runs the same requests on the same machine, and the table
@@ -14,6 +16,9 @@ times; the table gives the median and the min–max spread, and the JSON keeps e
 `--model random:qwen3-0.6b` builds a random-weight checkpoint of that preset shape (shared/config.py
 PRESETS) for GPU runs. `--threads N` sets torch's CPU threads (default: half the cores, see
 docs/benchmarks.md "Threads"). A mistake in the arguments is one red line on stderr and exit status 2.
+`attention` times one attention layer of the model's shape per M4 backend (naive, sdpa, triton, flash-attn)
+and measures its peak memory, each backend against naive in the same run; from Python, `run_attention(...)`
+returns the same dict that `--out` writes.
 
 The files, one concept each:
 
@@ -24,26 +29,39 @@ The files, one concept each:
     results.py     Result (per-request times, per-repetition totals), summaries, ratios to the first engine
     throughput.py  MilestoneRunner, HFRunner (static batching), run_throughput
     latency.py     run_latency: one request at a time, the engines interleaved
-    machine.py     machine_info, default_threads
-    tables.py      describe (the setup in a sentence), render_table, render_compare
+    attention.py   the attention workload: cases on a shuffled paged cache, time, peak memory, OOM prediction
+    machine.py     machine_info, default_threads, total_memory_bytes, gpu_peaks (datasheet peaks by card name)
+    tables.py      describe (the setup in a sentence), render_table, render_compare, render_attention
     cli.py         the arguments, main, --out
 """
 
+from shared.tools.bench.attention import cpu_peak_bytes, predict_peak_bytes, run_attention
 from shared.tools.bench.checks import ENGINE_NAMES, BenchError, check_engines, check_model, fail
-from shared.tools.bench.cli import RESULTS_DIR, main, out_path, parser
+from shared.tools.bench.cli import RESULTS_DIR, main, out_path, parser, print_attention
 from shared.tools.bench.engines import quiet_hf, resolve_bench_model, serve
 from shared.tools.bench.latency import hf_runner, milestone_runner, run_latency
-from shared.tools.bench.machine import default_threads, machine_info
+from shared.tools.bench.machine import default_threads, gpu_peaks, machine_info
 from shared.tools.bench.progress import Reporter, Task
 from shared.tools.bench.results import Result, add_ratios
-from shared.tools.bench.tables import DOWN, FIGURES, UP, describe, render, render_compare, render_table, render_throughput
+from shared.tools.bench.tables import (
+    DOWN,
+    FIGURES,
+    UP,
+    describe,
+    render,
+    render_attention,
+    render_compare,
+    render_table,
+    render_throughput,
+)
 from shared.tools.bench.throughput import HFRunner, MilestoneRunner, run_throughput
 from shared.tools.bench.workloads import ThroughputWorkload, Workload
 
 __all__ = [
     "DOWN", "ENGINE_NAMES", "FIGURES", "RESULTS_DIR", "UP", "BenchError", "HFRunner", "MilestoneRunner", "Reporter",
-    "Result", "Task", "ThroughputWorkload", "Workload", "add_ratios", "check_engines", "check_model", "default_threads",
-    "describe", "fail", "hf_runner", "machine_info", "main", "milestone_runner", "out_path", "parser", "quiet_hf",
-    "render", "render_compare", "render_table", "render_throughput", "resolve_bench_model", "run_latency",
+    "Result", "Task", "ThroughputWorkload", "Workload", "add_ratios", "check_engines", "check_model", "cpu_peak_bytes",
+    "default_threads", "describe", "fail", "gpu_peaks", "hf_runner", "machine_info", "main", "milestone_runner",
+    "out_path", "parser", "predict_peak_bytes", "print_attention", "quiet_hf", "render", "render_attention",
+    "render_compare", "render_table", "render_throughput", "resolve_bench_model", "run_attention", "run_latency",
     "run_throughput", "serve",
 ]

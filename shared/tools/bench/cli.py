@@ -1,6 +1,7 @@
-"""The command line: `python -m shared.tools.bench latency|throughput|compare ...`. Parses the arguments (a
-mistake is one red line, exit status 2), builds the workload and the setup, runs the engines, prints the
-table and writes the JSON of `--out` (a bare NAME.json goes to bench_results/)."""
+"""The command line: `python -m shared.tools.bench latency|throughput|attention|compare ...`. Parses the
+arguments (a mistake is one red line, exit status 2), builds the workload and the setup, runs the engines (or,
+for `attention`, one attention layer per M4 backend), prints the table and writes the JSON of `--out` (a bare
+NAME.json goes to bench_results/)."""
 
 from __future__ import annotations
 
@@ -18,12 +19,13 @@ from rich.console import Console
 from rich.markup import escape
 
 from shared.config import DTYPES
+from shared.tools.bench.attention import BACKEND_NAMES, DEFAULT_BATCHES, DEFAULT_CONTEXTS, DEFAULT_REPEAT, run_attention
 from shared.tools.bench.checks import ENGINE_NAMES, BenchError, check_engines, check_model, fail
 from shared.tools.bench.engines import resolve_bench_model
 from shared.tools.bench.latency import run_latency
 from shared.tools.bench.machine import default_threads, machine_info
 from shared.tools.bench.results import add_ratios
-from shared.tools.bench.tables import describe, render_compare, render_table
+from shared.tools.bench.tables import describe, render_attention, render_compare, render_table
 from shared.tools.bench.throughput import _split_cuda_budget, run_throughput
 from shared.tools.bench.workloads import ThroughputWorkload, Workload
 from shared.tools.milestones import ENGINES
@@ -59,14 +61,30 @@ def _positive(text: str) -> int:
     return n
 
 
-WORKLOADS = ("latency", "throughput", "compare")
+def _positive_float(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        x = 0.0
+    if not x > 0 or x == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return x
+
+
+WORKLOADS = ("latency", "throughput", "attention", "compare")
+# the options only one kind of workload takes: given to the other, they are a mistake (one red line)
+ENGINE_OPTIONS = ("engines", "num_requests", "prompt_len", "output_len", "max_num_seqs", "max_model_len",
+                  "kv_cache_memory_bytes", "full")
+ATTENTION_OPTIONS = ("contexts", "batches", "backends", "memory_limit_gib")
 
 
 def parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="python -m shared.tools.bench", description="FoloVLLM benchmarks.")
     ap.add_argument("workload", choices=WORKLOADS,
                     help="latency: single requests, one after another, engines interleaved; "
-                         "throughput: every request at once (nano-vllm style); compare: ratios of a saved run")
+                         "throughput: every request at once (nano-vllm style); attention: one attention layer of the "
+                         "model's shape per M4 backend, prefill and decode at growing contexts, time and peak memory; "
+                         "compare: ratios of a saved run (or an attention run's tables)")
     ap.add_argument("result", nargs="?", help="compare: the JSON written by --out")
     ap.add_argument("--engines", nargs="+", default=None,
                     help=f"from {' '.join(ENGINE_NAMES)}; default: {ENGINES[-1]} hf (latency), "
@@ -80,12 +98,24 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-num-seqs", type=_positive, default=None, help="engines from m2 on; hf: the static batch size")
     ap.add_argument("--max-model-len", type=_positive, default=None, help="the engines' context (sizes m2's KV slots)")
     ap.add_argument("--kv-cache-memory-bytes", type=_positive, default=None, help="the KV budget of every engine from m2 on")
-    ap.add_argument("--block-size", type=_positive, default=None, help="paged engines (m3 on): positions per KV block")
+    ap.add_argument("--block-size", type=_positive, default=None,
+                    help="paged engines (m3 on) and attention: positions per KV block (attention default 16)")
     ap.add_argument("--repeat", type=_positive, default=None,
-                    help="rounds of the engines interleaved (A B A B ...); default 3 (throughput), 1 (latency)")
+                    help="rounds of the engines (attention: backends) interleaved (A B A B ...); default 3 (throughput), "
+                         f"1 (latency), {DEFAULT_REPEAT} (attention)")
     ap.add_argument("--threads", type=_positive, default=None,
                     help=f"torch CPU threads (default: half the cores, here {default_threads()})")
     ap.add_argument("--full", action="store_true", help="every column (the default table fits 80 columns)")
+    ap.add_argument("--contexts", type=_positive, nargs="+", default=None,
+                    help=f"attention: context lengths N (default {' '.join(map(str, DEFAULT_CONTEXTS))})")
+    ap.add_argument("--batches", type=_positive, nargs="+", default=None,
+                    help=f"attention: decode batch sizes (default {' '.join(map(str, DEFAULT_BATCHES))})")
+    ap.add_argument("--backends", nargs="+", default=None,
+                    help=f"attention: from {' '.join(BACKEND_NAMES)}; default naive sdpa (cpu), naive sdpa triton "
+                         "(cuda), + flash-attn where importable and the block size is a multiple of 256")
+    ap.add_argument("--memory-limit-gib", type=_positive_float, default=None,
+                    help="attention: skip a backend whose predicted peak exceeds this (default: free CUDA memory, "
+                         "or half the RAM on cpu)")
     ap.add_argument("--out", default=None, help="write the JSON result here; a bare NAME.json goes to bench_results/")
     return ap
 
@@ -119,15 +149,65 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(130) from None
 
 
+def _reject(args: argparse.Namespace, names: tuple[str, ...], workload: str) -> None:
+    given = [n for n in names if getattr(args, n) not in (None, False)]
+    if given:
+        flags = ", ".join("--" + n.replace("_", "-") for n in given)
+        raise BenchError(f"{flags}: not an option of the {workload} workload (see --help)")
+
+
+def _write(report: dict, out: str) -> None:
+    path = out_path(out)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=1))
+    except OSError as err:
+        raise BenchError(f"cannot write {path}: {err.strerror}") from None
+    Console(stderr=True, soft_wrap=True).print(f"wrote {path}", highlight=False, markup=False)
+
+
+def _attention(args: argparse.Namespace) -> dict:
+    """The attention workload: one attention layer per backend (shared/tools/bench/attention.py)."""
+    _reject(args, ENGINE_OPTIONS, "attention")
+    if args.result is not None:
+        raise BenchError(f"unexpected argument {args.result!r}: only compare takes a file")
+    console = _output_console()
+    report = run_attention(model=args.model, device=args.device, dtype=args.dtype,
+                           contexts=args.contexts or DEFAULT_CONTEXTS, batches=args.batches or DEFAULT_BATCHES,
+                           backends=args.backends, block_size=args.block_size or 16, repeat=args.repeat or DEFAULT_REPEAT,
+                           memory_limit_gib=args.memory_limit_gib, threads=args.threads or default_threads())
+    print_attention(report, console)
+    if args.out:
+        _write(report, args.out)
+    return report
+
+
+def print_attention(report: dict, console: Console | None = None) -> None:
+    console = console or _output_console()
+    console.print(f"[bold]setup[/bold] {escape(describe(report['setup']))}", highlight=False)
+    for note in report.get("notes", []):
+        console.print(f"note: {escape(note)}", highlight=False)
+    for table in render_attention(report):
+        console.print(table)
+
+
 def _main(args: argparse.Namespace) -> dict:
+    if args.workload == "attention":
+        return _attention(args)
+    _reject(args, ATTENTION_OPTIONS, args.workload)
     if args.workload == "compare":
         path = Path(args.result) if args.result else None
         if path is not None and not path.is_file() and out_path(args.result).is_file():
             path = out_path(args.result)  # `compare run.json` finds what `--out run.json` wrote
         if path is None or not path.is_file():
-            raise BenchError(f"compare needs the JSON file of a run (--out of latency or throughput), got {args.result}")
+            raise BenchError(f"compare needs the JSON file of a run (--out of latency, throughput or attention), "
+                             f"got {args.result}")
         try:
             report = json.loads(path.read_text())
+            if report["setup"]["workload"]["name"] == "attention":  # nothing to set side by side: its tables again
+                render_attention(report)
+                print_attention(report)
+                return report
             table = render_compare(report)
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise BenchError(f"{path} is not a result written by --out ({type(err).__name__}: {err})") from None
@@ -175,11 +255,5 @@ def _main(args: argparse.Namespace) -> dict:
     report = {"setup": setup, "results": results}
     (_output_console(True) if args.full else console).print(render_table(results, setup, full=args.full))
     if args.out:
-        path = out_path(args.out)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(report, indent=1))
-        except OSError as err:
-            raise BenchError(f"cannot write {path}: {err.strerror}") from None
-        Console(stderr=True, soft_wrap=True).print(f"wrote {path}", highlight=False, markup=False)
+        _write(report, args.out)
     return report

@@ -1,6 +1,6 @@
 """What a run prints: `describe` (the setup in one sentence), `render_table` (the result table, compact or
-full, every header saying which way is better) and `render_compare` (each engine of a saved run over the
-engine before it, figure by figure)."""
+full, every header saying which way is better), `render_compare` (each engine of a saved run over the
+engine before it, figure by figure) and `render_attention` (the attention workload's prefill and decode tables)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import itertools
 from rich import box
 from rich.table import Table
 
+from shared.tools.bench.attention import size_text
 from shared.tools.bench.results import add_ratios
 
 UP, DOWN = "↑", "↓"  # higher is better, lower is better
@@ -17,6 +18,8 @@ UP, DOWN = "↑", "↓"  # higher is better, lower is better
 def describe(setup: dict) -> str:
     """The setup in one sentence (wraps to the console's width)."""
     w = setup["workload"]
+    if w["name"] == "attention":
+        return _describe_attention(setup)
     if w["name"] == "latency":
         load = f"{w['num_requests']} requests one at a time, prompt {w['prompt_len']} → {w['output_len']} tokens"
     else:
@@ -139,3 +142,117 @@ def render_compare(report: dict) -> Table:
             cells.append(f"[{'green' if better else 'red'}]{q:.2f}×[/]" if abs(q - 1) > 0.005 else f"{q:.2f}×")
         t.add_row(label, f"{way} {'higher' if way == UP else 'lower'}", *cells)
     return t
+
+
+# ----------------------------------------------------------------------------------------- attention
+
+
+def _span(values: list[int]) -> str:
+    return "/".join(str(v) for v in values)
+
+
+def _describe_attention(setup: dict) -> str:
+    w, shape, m = setup["workload"], setup["shape"], setup.get("machine", {})
+    where = setup.get("device_name") or m.get("gpu") or f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores"
+    if not setup["device"].startswith("cuda"):
+        where += f", {m.get('cores', '?')} cores, {setup.get('threads')} torch threads"
+    limit = setup.get("memory_limit_gib")
+    limit = f"{size_text(limit * 2**30)} ({setup['memory_limit_source']})" if limit else setup.get("memory_limit_source", "?")
+    return (f"attention · {setup['model']}: one layer, {shape['heads']} heads over {shape['kv_heads']} KV heads, "
+            f"head_dim {shape['head_dim']} · {setup['device']} {setup['dtype']} · {where} · prefill and decode at contexts "
+            f"{_span(w['contexts'])}, decode batches {_span(w['batches'])} · blocks of {setup['block_size']}, shuffled · "
+            f"backends {' '.join(setup['backends'])} · {setup['timing']} · memory limit {limit} · {setup.get('date', '')}")
+
+
+def _sig(x: float | None) -> str:
+    if x is None:
+        return "–"
+    return f"{x:,.0f}" if x >= 100 else f"{x:.1f}" if x >= 10 else f"{x:.2f}" if x >= 1 else f"{x:.3f}"
+
+
+def _ms_cell(r: dict) -> str:
+    if r["ms"] is not None:
+        return _sig(r["ms"])
+    return "OOM" if r["status"] in ("oom", "skipped") else r["status"]
+
+
+def _times(r: dict, key: str) -> str:
+    if r.get(key) is not None:
+        return f"{r[key]:.2f}×" if r[key] >= 0.1 else f"{r[key]:.2g}×"
+    if r["ms"] is None:
+        return "–"
+    return r.get("ratio_note") or "–"
+
+
+def _peak_cell(r: dict) -> str:
+    if r.get("peak_mib") is not None:
+        return _sig(r["peak_mib"])
+    if r.get("predicted_mib") is not None and r["status"] == "oom" and "predicted" in (r.get("reason") or ""):
+        return f"pred. {_sig(r['predicted_mib'])}"
+    return "–"
+
+
+def naive_oom_sentence(report: dict) -> str:
+    """Where naive ran out of memory (or was predicted to), in words, for the table's caption."""
+    at = report.get("naive_out_of_memory_at") or {}
+    if "naive" not in report["setup"]["backends"]:
+        return "naive was not in this run"
+    parts = []
+    reasons = {(r["phase"], r["batch"]): r["reason"] for r in report.get("out_of_memory", [])
+               if r["backend"] == "naive" and r["status"] == "oom"}
+    if at.get("prefill") is not None:
+        parts.append(f"prefill from N = {at['prefill']}: {reasons.get(('prefill', 1), 'out of memory')}")
+    for batch, context in (at.get("decode") or {}).items():
+        if context is not None:
+            parts.append(f"decode at B = {batch} from N = {context}: {reasons.get(('decode', int(batch)), 'out of memory')}")
+    if not parts:
+        return "naive ran at every length (no out of memory)"
+    return "naive " + "; ".join(parts)
+
+
+def render_attention(report: dict) -> list[Table]:
+    """Two tables: prefill (context × backend) and decode (context × batch × backend). Columns: median ms, naive's
+    time over the backend's (× faster, same run), sdpa's likewise when a kernel backend ran, TFLOP/s (prefill)
+    or GB/s (decode) and their % of the card's peak where it is known, and the attention's own peak memory."""
+    setup, rows = report["setup"], report["results"]
+    peaks = setup.get("peaks")
+    kernels = any(b not in ("naive", "sdpa") for b in setup["backends"]) and "sdpa" in setup["backends"]
+    where = setup.get("device_name") or setup["device"]
+    tables = []
+    for phase in ("prefill", "decode"):
+        mine = [r for r in rows if r["phase"] == phase]
+        if not mine:
+            continue
+        prefill = phase == "prefill"
+        what = "1 sequence of N new tokens" if prefill else "B sequences of N - 1 cached + 1 new token"
+        title = f"{phase}: {what} · {where} · {setup['dtype']}"
+        pct = peaks is not None and (not prefill or setup["dtype"] in ("bfloat16", "float16"))
+        caption = (f"{naive_oom_sentence(report)} · {UP} higher, {DOWN} lower is better · × naive: naive's median "
+                   f"over the backend's, same run{' (× sdpa: sdpa’s)' if kernels else ''} · peak: its own extra memory, "
+                   f"KV cache excluded")
+        t = Table(box=box.SIMPLE_HEAD, pad_edge=False, title=title, title_justify="left", caption=caption,
+                  caption_justify="left")
+        cols: list[tuple[str, object]] = [("N", lambda r: f"{r['context']:,}")]
+        if not prefill:
+            cols.append(("B", lambda r: str(r["batch"])))
+        cols += [("backend", lambda r: r["backend"]), (f"ms {DOWN}\nmedian", _ms_cell),
+                 (f"× naive\n{UP}", lambda r: _times(r, "ratio"))]
+        if kernels:
+            cols.append((f"× sdpa\n{UP}", lambda r: "–" if r["ratio_to_sdpa"] is None else _times(r, "ratio_to_sdpa")))
+        cols.append((f"TFLOP/s\n{UP}", lambda r: _sig(r["tflops"])) if prefill else (f"GB/s\n{UP}", lambda r: _sig(r["gbps"])))
+        if pct:
+            peak = f"{peaks['tflops_16bit']:g} TFLOP/s" if prefill else f"{peaks['hbm_gbps']:g} GB/s"
+            label = f"{peaks['card']} {peak}"
+            cols.append((f"% peak {UP}\n{label}", lambda r: "–" if r["pct_of_peak"] is None else f"{r['pct_of_peak']:.1f}%"))
+        cols.append((f"peak MiB\n{DOWN}", _peak_cell))
+        for name, _ in cols:
+            t.add_column(name, justify="left" if name == "backend" else "right")
+        previous = None
+        for r in mine:
+            key = r["context"]
+            if previous is not None and key != previous:
+                t.add_section()
+            previous = key
+            t.add_row(*(fn(r) for _, fn in cols))
+        tables.append(t)
+    return tables
