@@ -46,7 +46,8 @@ class FlashMetadata(AttentionMetadata):
     block_table: torch.Tensor  # [S, max_blocks] int32, padded with block 0 (never read)  (block_table_tensor)
     max_seqlen_q: int  # (max_query_len)
     max_seqlen_k: int  # (max_seq_len)
-    query_lens_cpu: list[int]  # the same lengths on the host, so that a backend's Python loop never waits on the device
+    cu_seqlens_q_cpu: list[int]  # the same lengths on the host, so that a backend's Python loop never waits on the device
+    query_lens_cpu: list[int]
     seq_lens_cpu: list[int]
     num_decodes: int  # the leading sequences with one new token each (the scheduler places decodes first)
     _tiles: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
@@ -56,12 +57,17 @@ class FlashMetadata(AttentionMetadata):
         return len(self.seq_lens_cpu)
 
     @cached_property
-    def cu_seqlens_k(self) -> list[int]:
-        """Where each sequence's keys start in `gather_index`'s order (host list)."""
+    def cu_seqlens_k_cpu(self) -> list[int]:
+        """Where each sequence's keys start, its positions end to end (as `gather_index` lays them out)."""
         out = [0]
         for n in self.seq_lens_cpu:
             out.append(out[-1] + n)
         return out
+
+    @cached_property
+    def cu_seqlens_k(self) -> torch.Tensor:
+        """[S + 1] int32 on the device: what flash-attn's varlen function takes for the keys (built once per step)."""
+        return torch.tensor(self.cu_seqlens_k_cpu, dtype=torch.int32, device=self.seq_lens.device)
 
     @cached_property
     def gather_index(self) -> torch.Tensor:
@@ -111,7 +117,7 @@ def build_metadata(cache: PagedKVCache, block_tables: list[list[int]], starts: l
         seq_lens=tensor(seq_lens, torch.int32),
         block_table=tensor([t + [0] * (width - len(t)) for t in block_tables], torch.int32).view(len(block_tables), width),
         max_seqlen_q=max(query_lens, default=0), max_seqlen_k=max(seq_lens, default=0),
-        query_lens_cpu=list(query_lens), seq_lens_cpu=seq_lens, num_decodes=num_decodes)
+        cu_seqlens_q_cpu=cu, query_lens_cpu=list(query_lens), seq_lens_cpu=seq_lens, num_decodes=num_decodes)
 
 
 def triton_available() -> bool:

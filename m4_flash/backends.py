@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from m4_flash.attention import FlashMetadata
 from shared.attention import AttentionBackend, causal_attention
@@ -47,7 +46,7 @@ class GatherBackend(AttentionBackend):
         md.kv_cache.write(layer_idx, md.slot_mapping, k, v)
         keys, values = md.gather(layer_idx)
         out = torch.empty_like(q)
-        cu_q, cu_k = md.cu_seqlens_q.tolist(), md.cu_seqlens_k
+        cu_q, cu_k = md.cu_seqlens_q_cpu, md.cu_seqlens_k_cpu
         for i in range(md.num_seqs):
             rows, cols = slice(cu_q[i], cu_q[i + 1]), slice(cu_k[i], cu_k[i + 1])
             out[rows] = self.attend(q[rows], keys[cols], values[cols])
@@ -98,9 +97,8 @@ class FlashAttnBackend(AttentionBackend):
 
         md = metadata
         md.kv_cache.write(layer_idx, md.slot_mapping, k, v)
-        cu_k = F.pad(md.seq_lens.cumsum(0, dtype=torch.int32), (1, 0))
         return flash_attn_varlen_func(
-            q, md.kv_cache.k[layer_idx], md.kv_cache.v[layer_idx], md.cu_seqlens_q, cu_k, md.max_seqlen_q,
+            q, md.kv_cache.k[layer_idx], md.kv_cache.v[layer_idx], md.cu_seqlens_q, md.cu_seqlens_k, md.max_seqlen_q,
             md.max_seqlen_k, softmax_scale=1.0 / math.sqrt(q.shape[-1]), causal=True, block_table=md.block_table)
 
 
