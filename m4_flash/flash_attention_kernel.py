@@ -16,7 +16,7 @@ sequence are one code path. A tile stops at the last key its last query can see.
 Decode is the q_len = 1 case of the same kernel. The split-KV (FlashDecoding) variant was not written:
 see docs/dev/milestone_4.md for why, and how the GPU check decides it.
 
-Tested on CPU under `TRITON_INTERPRET=1` (m4_flash/tests/test_flash_attention.py); natively on CUDA.
+Tested on CPU under `TRITON_INTERPRET=1` (tests/kept/flash.py, run by every engine from M4 on); natively on CUDA.
 """
 
 from __future__ import annotations

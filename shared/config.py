@@ -234,22 +234,30 @@ class SchedulerConfig:
     max_num_seqs: int = 64  # sequences in one step's batch
     max_num_batched_tokens: int | None = None  # tokens in one step's batch; default: max(max_model_len, max_num_seqs)
     enable_chunked_prefill: bool = False  # (M5) a prompt may run over several steps, in chunks
+    long_prefill_token_threshold: int = 0  # (M5) the most tokens one prompt's chunk may take in a step; 0: no cap
 
-    def resolve(self, max_model_len: int) -> SchedulerConfig:
-        """Validate against the model's context and fill the defaults."""
+    def resolve(self, max_model_len: int, chunked_default: int | None = None) -> SchedulerConfig:
+        """Validate against the model's context and fill the defaults. With chunked prefill the budget defaults
+        to `chunked_default` (M5 chooses it by measurement), else to what a whole prompt needs."""
         seqs = check_int("max_num_seqs", self.max_num_seqs, 1)
         if not isinstance(self.enable_chunked_prefill, bool):
             raise ValueError(f"enable_chunked_prefill must be True or False, got {self.enable_chunked_prefill!r}")
+        cap = check_int("long_prefill_token_threshold", self.long_prefill_token_threshold, 0,
+                        hint=" (0: no cap on one prompt's chunk)")
+        if cap and not self.enable_chunked_prefill:
+            raise ValueError(f"long_prefill_token_threshold={cap} caps a prompt's chunk, so it needs "
+                             "enable_chunked_prefill=True")
         tokens = self.max_num_batched_tokens
-        if tokens is None:  # enough for the longest prompt, and for every running sequence's decode token
-            tokens = max(max_model_len, seqs)
+        if tokens is None:  # enough for the longest prompt (or one chunk), and for every running sequence's decode
+            chunked = self.enable_chunked_prefill and chunked_default
+            tokens = max(chunked_default if chunked else max_model_len, seqs)
         if not self.enable_chunked_prefill:  # a prompt, or a preempted sequence being recomputed, runs in one step
             tokens = check_int("max_num_batched_tokens", tokens, max_model_len, low=f"max_model_len ({max_model_len})",
                                hint=": a whole prompt runs in one step unless chunked prefill (M5, "
                                     "enable_chunked_prefill=True) cuts it; lower max_model_len instead")
         tokens = check_int("max_num_batched_tokens", tokens, seqs, low=f"max_num_seqs ({seqs})",
                            hint=": every running sequence decodes one token per step")
-        return replace(self, max_num_seqs=seqs, max_num_batched_tokens=tokens)
+        return replace(self, max_num_seqs=seqs, max_num_batched_tokens=tokens, long_prefill_token_threshold=cap)
 
 
 # powers of two: the Triton kernel tiles a block with tl.arange; flash-attn's paged layout needs multiples of 256

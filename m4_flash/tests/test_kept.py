@@ -4,6 +4,8 @@
 from tests.kept.batching import *  # noqa: F403
 from tests.kept.cli import *  # noqa: F403
 from tests.kept.every import *  # noqa: F403
+from tests.kept.flash import *  # noqa: F403
+from tests.kept.long_context import *  # noqa: F403
 from tests.kept.paged import *  # noqa: F403
 
 ENGINE = "m4_flash"
