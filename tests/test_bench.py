@@ -2,6 +2,7 @@
 repetitions with their spread, and where --out writes; the attention workload's rows, ratios, peak memory and
 out-of-memory skips. Tiny workloads, no timed asserts."""
 
+import itertools
 import json
 import os
 import subprocess
@@ -258,3 +259,152 @@ def test_gpu_peaks_by_card_name():
     assert bench.gpu_peaks("NVIDIA H100 PCIe")["tflops_16bit"] == 756
     assert bench.gpu_peaks("NVIDIA H200")["hbm_gbps"] == 4800
     assert bench.gpu_peaks("NVIDIA GeForce RTX 4090") is None and bench.gpu_peaks(None) is None
+
+
+# ---------------------------------------------------------------------------------------------- online
+
+ONLINE_SPECS = ["m4_flash", "m5_chunked:max_num_batched_tokens=64,long_prefill_token_threshold=32"]
+
+
+def test_online_workload_is_the_same_on_every_call():
+    w = bench.OnlineWorkload(num_requests=6, prompt_len=(8, 16), output_len=(4, 8), rate=20, num_long=2,
+                             long_len=(300, 400), long_output_len=3, seed=7)
+    reqs = w.requests(4096)
+    assert reqs == w.requests(4096) == bench.OnlineWorkload(**{**w.__dict__}).requests(4096)
+    assert reqs != bench.OnlineWorkload(**{**w.__dict__, "seed": 8}).requests(4096)
+    assert [r[1] for r in reqs] == sorted(r[1] for r in reqs) and len({r[0] for r in reqs}) == 8
+    short, long = [r for r in reqs if not r[4]], [r for r in reqs if r[4]]
+    assert len(short) == 6 and len(long) == 2
+    assert all(8 <= len(p) <= 16 and 4 <= o <= 8 for _, _, p, o, _ in short)
+    assert all(300 <= len(p) <= 400 and o == 3 for _, _, p, o, _ in long)
+    assert all(16 <= t < 4096 for r in reqs for t in r[2])
+    first, last = w.arrival_times()[0], w.arrival_times()[-1]
+    assert [r[1] for r in long] == pytest.approx([first + (last - first) / 3, first + 2 * (last - first) / 3])
+    fixed = bench.OnlineWorkload(num_requests=3, prompt_len=(8, 8), output_len=(4, 4), num_long=1, long_len=(50, 50),
+                                 arrivals=[0.0, 0.5, 2.0])
+    assert [(r[0], r[1]) for r in fixed.requests(4096)] == [("short-0", 0.0), ("short-1", 0.5), ("long-0", 1.0),
+                                                            ("short-2", 2.0)]
+    assert fixed.max_request_len() == 50 + 16  # the long prompt and its default 16 output tokens
+
+
+def test_online_poisson_arrivals_have_mean_gap_one_over_rate():
+    times = bench.OnlineWorkload(num_requests=4000, rate=5.0, num_long=0).arrival_times()
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert times[0] == 0.0 and all(g > 0 for g in gaps)
+    assert sum(gaps) / len(gaps) == pytest.approx(0.2, rel=0.06)
+    assert sorted(gaps)[len(gaps) // 2] == pytest.approx(0.2 * 0.693, rel=0.1)  # exponential: median = ln 2 / rate
+
+
+def test_online_specs():
+    assert bench.parse_spec("m4_flash") == ("m4_flash", {})
+    assert bench.parse_spec("m5_chunked:max_num_batched_tokens=256,enable_chunked_prefill=False,attention_backend=sdpa") == (
+        "m5_chunked", {"max_num_batched_tokens": 256, "enable_chunked_prefill": False, "attention_backend": "sdpa"})
+    for bad in ("hf", "m1_basic", "m9_nope", "m5_chunked:max_num_batched_tokens", "m5_chunked:a=1",
+                "m4_flash:long_prefill_token_threshold=0", "m5_chunked:block_size=16,block_size=32"):
+        with pytest.raises(bench.BenchError):
+            bench.parse_spec(bad)
+    with pytest.raises(bench.BenchError, match="twice"):
+        bench.check_specs(["m4_flash", "m4_flash"])
+
+
+@pytest.mark.parametrize("args", [
+    ["online", "--engines", "hf"],
+    ["online", "--engines", "m1_basic", "m5_chunked"],
+    ["online", "--engines", "m5_chunked:max_num_batched_tokens"],
+    ["online", "--engines", "m4_flash:long_prefill_token_threshold=0"],
+    ["online", "--rate", "0"],
+    ["online", "--long-prompts", "-1"],
+    ["online", "--long-len", "6000:2000"],
+    ["online", "--output-len", "1"],
+    ["online", "--block-size", "32"],  # a block size goes in a spec
+    ["online", "--contexts", "512"],
+    ["throughput", "--rate", "3"],  # online's options are not the others'
+    ["latency", "--long-prompts", "2"],
+    ["attention", "--behind-s", "1"],
+    ["online", "--long-len", "600", "--max-model-len", "512", "--engines", "m4_flash"],  # does not fit
+])
+def test_online_bad_arguments_exit_2(args, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main(args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and len(err.splitlines()) == 1, err
+
+
+def test_online_bad_spec_is_one_line_from_the_command_line():
+    p = run_cli("online", "--engines", "m5_chunked:nope=1")
+    assert p.returncode == 2 and p.stdout == "" and "Traceback" not in p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "m5_chunked takes no option nope" in lines[0]
+
+
+@pytest.fixture(scope="module")
+def online_run(tmp_path_factory):
+    """One tiny replay through the command line, both engines: 4 short requests at 50/s, one 300-token prompt."""
+    n = torch.get_num_threads()
+    out = tmp_path_factory.mktemp("online") / "online.json"
+    try:
+        report = bench.main(["online", "--engines", *ONLINE_SPECS, "--num-requests", "4", "--rate", "50",
+                             "--prompt-len", "8:16", "--output-len", "4:8", "--long-prompts", "1", "--long-len", "300",
+                             "--long-output-len", "3", "--max-model-len", "512", "--kv-cache-memory-bytes", str(4 << 20),
+                             "--threads", "1", "--out", str(out)])
+    finally:
+        torch.set_num_threads(n)
+    return report, json.loads(out.read_text())
+
+
+def test_online_replay_tokens_ttft_timeline_and_json(online_run):
+    report, saved = online_run
+    assert saved == report  # the JSON round-trips
+    assert [r["engine"] for r in saved["results"]] == ONLINE_SPECS
+    assert saved["setup"]["workload"]["name"] == "online" and saved["setup"]["machine"]["cores"]
+    for r in saved["results"]:
+        assert r["num_repetitions"] == 1 and r["factor_to"] == "m4_flash"
+        rep = r["repetitions"][0]
+        reqs = rep["requests"]
+        assert len(reqs) == 5 and sum(q["long"] for q in reqs) == 1
+        for q in reqs:
+            assert len(q["token_s"]) == q["output_len"]  # every token, each stamped once
+            assert q["token_s"][0] > q["arrival_s"] and q["token_s"] == sorted(q["token_s"])
+            assert q["added_s"] >= q["arrival_s"]
+        tl = rep["timeline"]
+        computed = sum(q["prompt_len"] + q["output_len"] - 1 for q in reqs)  # no preemption with this KV
+        assert sum(tl["prefill_tokens"]) + sum(tl["decode_tokens"]) == computed == rep["prefill_tokens"] + rep["decode_tokens"]
+        assert len(tl["start_s"]) == rep["steps"] and tl["start_s"] == sorted(tl["start_s"])
+        assert 0 < r["ttft_ms_p50"] <= r["ttft_ms_p99"] and 0 < r["itl_ms_p50"] <= r["itl_ms_p99"] <= r["max_stall_ms"]
+        assert r["output_tokens"] == sum(q["output_len"] for q in reqs) and r["output_tok_per_s"] > 0
+        assert rep["long_arrivals_s"] == [q["arrival_s"] for q in reqs if q["long"]]
+    m5 = saved["results"][1]
+    assert m5["scheduler"]["max_num_batched_tokens"] == 64 and m5["scheduler"]["enable_chunked_prefill"]
+    assert max(m5["repetitions"][0]["timeline"]["prefill_tokens"]) <= 64  # the 300-token prompt ran in chunks
+    assert saved["results"][0]["factors"]["itl_ms_p99"] == 1.0 and m5["factors"]["itl_ms_p99"] > 0
+
+
+def test_online_table_compare_and_plots(online_run, tmp_path, capsys):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    report, saved = online_run
+    console = Console(width=80, record=True)
+    console.print(bench.describe(report["setup"]))
+    console.print(bench.render_online(report))
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80 and "1.00×" in text and "Poisson at 50/s" in text
+    assert len(bench.render_online(report, full=True).columns) > len(bench.render_online(report).columns)
+    path = tmp_path / "online.json"
+    path.write_text(json.dumps(saved))
+    bench.main(["compare", str(path)])
+    out = capsys.readouterr().out
+    assert "ITL p99" in out and "m5_chunked" in out
+    fig = bench.plot_timeline(report)
+    assert len(fig.axes) == 2 and all(len(a.patches) == 2 * len(r["repetitions"][0]["timeline"]["start_s"])
+                                      for a, r in zip(fig.axes, report["results"]))
+    one = bench.plot_timeline(report, specs=[ONLINE_SPECS[1]])
+    assert len(one.axes) == 1
+    fig2 = bench.plot_tradeoff(report, x="long_ttft_ms_p99")
+    assert len(fig2.axes[0].collections[0].get_offsets()) == 2
+    with pytest.raises(bench.BenchError):
+        bench.plot_timeline(report, specs=["m3_paged"])
+    plt.close("all")

@@ -1,7 +1,7 @@
-"""The command line: `python -m shared.tools.bench latency|throughput|attention|compare ...`. Parses the
+"""The command line: `python -m shared.tools.bench latency|throughput|online|attention|compare ...`. Parses the
 arguments (a mistake is one red line, exit status 2), builds the workload and the setup, runs the engines (or,
-for `attention`, one attention layer per M4 backend), prints the table and writes the JSON of `--out` (a bare
-NAME.json goes to bench_results/)."""
+for `attention`, one attention layer per M4 backend; for `online`, a replay of requests arriving over time),
+prints the table and writes the JSON of `--out` (a bare NAME.json goes to bench_results/)."""
 
 from __future__ import annotations
 
@@ -24,10 +24,11 @@ from shared.tools.bench.checks import ENGINE_NAMES, BenchError, check_engines, c
 from shared.tools.bench.engines import resolve_bench_model
 from shared.tools.bench.latency import run_latency
 from shared.tools.bench.machine import default_threads, machine_info
+from shared.tools.bench.online import check_specs, online_setup, run_online
 from shared.tools.bench.results import add_ratios
-from shared.tools.bench.tables import describe, render_attention, render_compare, render_table
+from shared.tools.bench.tables import describe, render_attention, render_compare, render_online, render_table
 from shared.tools.bench.throughput import _split_cuda_budget, run_throughput
-from shared.tools.bench.workloads import ThroughputWorkload, Workload
+from shared.tools.bench.workloads import OnlineWorkload, ThroughputWorkload, Workload
 from shared.tools.milestones import ENGINES
 
 RESULTS_DIR = Path("bench_results")  # where a bare --out NAME.json goes (ignored by git)
@@ -61,6 +62,16 @@ def _positive(text: str) -> int:
     return n
 
 
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return n
+
+
 def _positive_float(text: str) -> float:
     try:
         x = float(text)
@@ -71,30 +82,40 @@ def _positive_float(text: str) -> float:
     return x
 
 
-WORKLOADS = ("latency", "throughput", "attention", "compare")
+WORKLOADS = ("latency", "throughput", "online", "attention", "compare")
 # the options only one kind of workload takes: given to the other, they are a mistake (one red line)
 ENGINE_OPTIONS = ("engines", "num_requests", "prompt_len", "output_len", "max_num_seqs", "max_model_len",
                   "kv_cache_memory_bytes", "full")
 ATTENTION_OPTIONS = ("contexts", "batches", "backends", "memory_limit_gib")
+ONLINE_OPTIONS = ("rate", "long_prompts", "long_len", "long_output_len", "behind_s")
+NOT_ONLINE_OPTIONS = ("block_size",)  # online: a block size goes in an engine spec (m5_chunked:block_size=32)
+ONLINE_ENGINE_DEFAULT = ["m4_flash", "m5_chunked"]
 
 
 def parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="python -m shared.tools.bench", description="FoloVLLM benchmarks.")
     ap.add_argument("workload", choices=WORKLOADS,
                     help="latency: single requests, one after another, engines interleaved; "
-                         "throughput: every request at once (nano-vllm style); attention: one attention layer of the "
+                         "throughput: every request at once (nano-vllm style); online: short requests arriving over "
+                         "time (Poisson) with long prompts among them, replayed in wall-clock time; attention: one "
+                         "attention layer of the "
                          "model's shape per M4 backend, prefill and decode at growing contexts, time and peak memory; "
                          "compare: ratios of a saved run (or an attention run's tables)")
     ap.add_argument("result", nargs="?", help="compare: the JSON written by --out")
     ap.add_argument("--engines", nargs="+", default=None,
                     help=f"from {' '.join(ENGINE_NAMES)}; default: {ENGINES[-1]} hf (latency), "
-                         f"{' '.join(ENGINES[-2:])} (throughput)")
+                         f"{' '.join(ENGINES[-2:])} (throughput), {' '.join(ONLINE_ENGINE_DEFAULT)} (online, where each "
+                         "is a spec: name or name:key=value,... e.g. m5_chunked:max_num_batched_tokens=256,"
+                         "long_prefill_token_threshold=0)")
     ap.add_argument("--model", default="tiny-qwen3", help="bundled name, HF directory, hub id, or random:<preset>")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default=None, help="default: float32 on cpu, bfloat16 on cuda")
-    ap.add_argument("--num-requests", type=_positive, default=None, help="default: 5 (latency), 64 (throughput)")
-    ap.add_argument("--prompt-len", type=_length_range, default=None, help="N, or LO:HI for throughput (default 128 / 32:256)")
-    ap.add_argument("--output-len", type=_length_range, default=None, help="N, or LO:HI for throughput (default 64 / 32:256)")
+    ap.add_argument("--num-requests", type=_positive, default=None,
+                    help="default: 5 (latency), 64 (throughput), 48 short requests (online)")
+    ap.add_argument("--prompt-len", type=_length_range, default=None,
+                    help="N, or LO:HI for throughput and online (default 128 / 32:256 / 32:128)")
+    ap.add_argument("--output-len", type=_length_range, default=None,
+                    help="N, or LO:HI for throughput and online (default 64 / 32:256 / 64:192)")
     ap.add_argument("--max-num-seqs", type=_positive, default=None, help="engines from m2 on; hf: the static batch size")
     ap.add_argument("--max-model-len", type=_positive, default=None, help="the engines' context (sizes m2's KV slots)")
     ap.add_argument("--kv-cache-memory-bytes", type=_positive, default=None, help="the KV budget of every engine from m2 on")
@@ -102,10 +123,19 @@ def parser() -> argparse.ArgumentParser:
                     help="paged engines (m3 on) and attention: positions per KV block (attention default 16)")
     ap.add_argument("--repeat", type=_positive, default=None,
                     help="rounds of the engines (attention: backends) interleaved (A B A B ...); default 3 (throughput), "
-                         f"1 (latency), {DEFAULT_REPEAT} (attention)")
+                         f"1 (latency, online), {DEFAULT_REPEAT} (attention)")
     ap.add_argument("--threads", type=_positive, default=None,
                     help=f"torch CPU threads (default: half the cores, here {default_threads()})")
     ap.add_argument("--full", action="store_true", help="every column (the default table fits 80 columns)")
+    ap.add_argument("--rate", type=_positive_float, default=None, help="online: short requests per second, Poisson (default 4)")
+    ap.add_argument("--long-prompts", type=_count, default=None,
+                    help="online: long prompts, evenly spaced among the short requests (default 3)")
+    ap.add_argument("--long-len", type=_length_range, default=None,
+                    help="online: long prompt length, N or LO:HI (default 2000:6000)")
+    ap.add_argument("--long-output-len", type=_positive, default=None, help="online: output tokens of a long prompt (default 16)")
+    ap.add_argument("--behind-s", type=_positive_float, default=None,
+                    help="online: a short request arriving within this many seconds after a long prompt is behind it "
+                         "(default 2)")
     ap.add_argument("--contexts", type=_positive, nargs="+", default=None,
                     help=f"attention: context lengths N (default {' '.join(map(str, DEFAULT_CONTEXTS))})")
     ap.add_argument("--batches", type=_positive, nargs="+", default=None,
@@ -168,7 +198,7 @@ def _write(report: dict, out: str) -> None:
 
 def _attention(args: argparse.Namespace) -> dict:
     """The attention workload: one attention layer per backend (shared/tools/bench/attention.py)."""
-    _reject(args, ENGINE_OPTIONS, "attention")
+    _reject(args, ENGINE_OPTIONS + ONLINE_OPTIONS, "attention")
     if args.result is not None:
         raise BenchError(f"unexpected argument {args.result!r}: only compare takes a file")
     console = _output_console()
@@ -191,16 +221,65 @@ def print_attention(report: dict, console: Console | None = None) -> None:
         console.print(table)
 
 
+def _checked_dtype(args: argparse.Namespace) -> str:
+    """Check the model, the dtype and the device before any work; returns the dtype (default by device)."""
+    check_model(args.model)
+    dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    if dtype not in DTYPES:
+        raise BenchError(f"unknown dtype {dtype!r}: choose from {', '.join(DTYPES)}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise BenchError(f"--device {args.device}: CUDA is not available on this machine")
+    return dtype
+
+
+def _online(args: argparse.Namespace) -> dict:
+    """The online workload: requests arriving over time, replayed through each engine spec (online.py)."""
+    _reject(args, NOT_ONLINE_OPTIONS, "online")
+    specs = args.engines or ONLINE_ENGINE_DEFAULT
+    check_specs(specs)
+    dtype = _checked_dtype(args)
+    workload = OnlineWorkload(args.num_requests or 48, args.prompt_len or (32, 128), args.output_len or (64, 192),
+                              rate=args.rate or 4.0, num_long=3 if args.long_prompts is None else args.long_prompts,
+                              long_len=args.long_len or (2000, 6000), long_output_len=args.long_output_len or 16,
+                              behind_s=args.behind_s or 2.0)
+    need = workload.max_request_len()
+    if args.max_model_len and need > args.max_model_len:  # before any work (a spec's own max_model_len: when built)
+        raise BenchError(f"the longest request ({need:,} tokens, prompt + output) does not fit --max-model-len "
+                         f"{args.max_model_len:,}: raise it or shorten --long-len / --prompt-len / --output-len")
+    torch.set_num_threads(args.threads or default_threads())
+    run = dict(repeat=args.repeat or 1, max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs)
+    setup = online_setup(specs, args.model, args.device, dtype, workload, kv_cache_memory_bytes=args.kv_cache_memory_bytes,
+                         **run)
+    console = _output_console()
+    console.print(f"[bold]setup[/bold] {escape(describe(setup))}", highlight=False)
+    model = resolve_bench_model(args.model, dtype)
+    try:
+        report = run_online(specs, model, args.device, dtype, workload, kv_cache_memory_bytes=setup["kv_cache_memory_bytes"],
+                            **run)
+    except ValueError as err:  # the engines reject a bad option or a request that does not fit, before any work
+        raise BenchError(str(err)) from None
+    report["setup"] = {**report["setup"], "model": args.model}  # the name asked for, not the temporary checkpoint
+    (_output_console(True) if args.full else console).print(render_online(report, full=args.full))
+    if args.out:
+        _write(report, args.out)
+    return report
+
+
 def _main(args: argparse.Namespace) -> dict:
     if args.workload == "attention":
         return _attention(args)
     _reject(args, ATTENTION_OPTIONS, args.workload)
+    if args.workload == "online":
+        if args.result is not None:
+            raise BenchError(f"unexpected argument {args.result!r}: only compare takes a file")
+        return _online(args)
+    _reject(args, ONLINE_OPTIONS, args.workload)
     if args.workload == "compare":
         path = Path(args.result) if args.result else None
         if path is not None and not path.is_file() and out_path(args.result).is_file():
             path = out_path(args.result)  # `compare run.json` finds what `--out run.json` wrote
         if path is None or not path.is_file():
-            raise BenchError(f"compare needs the JSON file of a run (--out of latency, throughput or attention), "
+            raise BenchError(f"compare needs the JSON file of a run (--out of latency, throughput, online or attention), "
                              f"got {args.result}")
         try:
             report = json.loads(path.read_text())
@@ -208,23 +287,22 @@ def _main(args: argparse.Namespace) -> dict:
                 render_attention(report)
                 print_attention(report)
                 return report
-            table = render_compare(report)
+            tables = [render_compare(report)]
+            if report["setup"]["workload"]["name"] == "online":  # its own table first, then each spec over the one before
+                tables.insert(0, render_online(report))
+            line = describe(report["setup"])
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise BenchError(f"{path} is not a result written by --out ({type(err).__name__}: {err})") from None
         console = _output_console()
-        console.print(f"[bold]setup[/bold] {escape(describe(report['setup']))}", highlight=False)
-        console.print(table)
+        console.print(f"[bold]setup[/bold] {escape(line)}", highlight=False)
+        for table in tables:
+            console.print(table)
         return report
     if args.result is not None:
         raise BenchError(f"unexpected argument {args.result!r}: only compare takes a file")
     engines = args.engines or ([ENGINES[-1], "hf"] if args.workload == "latency" else ENGINES[-2:])
     check_engines(engines)
-    check_model(args.model)
-    dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
-    if dtype not in DTYPES:
-        raise BenchError(f"unknown dtype {dtype!r}: choose from {', '.join(DTYPES)}")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise BenchError(f"--device {args.device}: CUDA is not available on this machine")
+    dtype = _checked_dtype(args)
     if args.workload == "latency":
         prompt_len, output_len = args.prompt_len or (128, 128), args.output_len or (64, 64)
         if prompt_len[0] != prompt_len[1] or output_len[0] != output_len[1]:

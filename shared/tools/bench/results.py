@@ -1,6 +1,7 @@
 """One engine's measurements and their summary: `Result` pools per-request TTFT/TPOT/e2e over the
 repetitions and keeps one record per repetition; `summary` gives the percentiles and the median, min and
-max output tok/s; `add_ratios` sets each engine against the first, round by round."""
+max output tok/s; `add_ratios` sets each engine against the first, round by round; `add_factors` does so for
+any figures, each in the direction that is better."""
 
 from __future__ import annotations
 
@@ -70,4 +71,24 @@ def add_ratios(summaries: list[dict]) -> list[dict]:
         ratios = [a / b for a, b in zip(mine, base, strict=False)]
         s.update(ratio_to=summaries[0]["engine"], ratios=ratios, ratio=statistics.median(ratios),
                  ratio_min=min(ratios), ratio_max=max(ratios))
+    return summaries
+
+
+def add_factors(summaries: list[dict], figures: dict[str, bool]) -> list[dict]:
+    """How many times better each engine is than the first, figure by figure and round by round (both ran in
+    the same round): for a figure where higher is better (`figures[key]` True) mine / first's, else first's /
+    mine, so > 1 is better either way. `factors` holds the medians, `factors_per_round` every round's, `factor_to`
+    the first engine; a figure either engine lacks (None, or 0 where it divides) gets None."""
+    if not summaries:
+        return summaries
+    base = summaries[0]
+    for s in summaries:
+        per_round: dict[str, list[float] | None] = {}
+        for key, higher in figures.items():
+            pairs = list(zip(s["repetitions"], base["repetitions"], strict=False))
+            qs = [(m[key] / b[key]) if higher else (b[key] / m[key]) for m, b in pairs
+                  if m.get(key) and b.get(key)]
+            per_round[key] = qs if len(qs) == len(pairs) else None
+        s.update(factor_to=base["engine"], factors_per_round=per_round,
+                 factors={k: statistics.median(v) if v else None for k, v in per_round.items()})
     return summaries

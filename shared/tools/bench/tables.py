@@ -1,6 +1,7 @@
 """What a run prints: `describe` (the setup in one sentence), `render_table` (the result table, compact or
 full, every header saying which way is better), `render_compare` (each engine of a saved run over the
-engine before it, figure by figure) and `render_attention` (the attention workload's prefill and decode tables)."""
+engine before it, figure by figure), `render_online` (the online workload's latencies, stalls and factors) and
+`render_attention` (the attention workload's prefill and decode tables)."""
 
 from __future__ import annotations
 
@@ -22,10 +23,10 @@ def describe(setup: dict) -> str:
         return _describe_attention(setup)
     if w["name"] == "latency":
         load = f"{w['num_requests']} requests one at a time, prompt {w['prompt_len']} → {w['output_len']} tokens"
+    elif w["name"] == "online":
+        load = _online_load(setup)
     else:
-        def span(lo_hi) -> str:
-            return f"{lo_hi[0]}" if lo_hi[0] == lo_hi[1] else f"{lo_hi[0]}–{lo_hi[1]}"
-
+        span = _lohi
         load = (f"{w['num_requests']} requests at once, prompt {span(w['prompt_len'])}, output {span(w['output_len'])}, "
                 f"max_num_seqs {setup.get('max_num_seqs') or 'default'}")
         for key in ("max_model_len", "kv_cache_memory_bytes", "block_size"):
@@ -36,6 +37,26 @@ def describe(setup: dict) -> str:
     return (f"{w['name']} · {setup['model']} · {setup['device']} {setup['dtype']} · {where} · "
             f"{setup.get('threads', m.get('threads'))} torch threads · {load} · "
             f"{setup.get('repeat', 1)} repetition(s), engines interleaved · greedy, EOS ignored · {setup.get('date', '')}")
+
+
+def _lohi(lo_hi) -> str:
+    return f"{lo_hi[0]}" if lo_hi[0] == lo_hi[1] else f"{lo_hi[0]}–{lo_hi[1]}"
+
+
+def _online_load(setup: dict) -> str:
+    w = setup["workload"]
+    arrive = "at fixed times" if w.get("arrivals") else f"Poisson at {w['rate']:g}/s"
+    load = (f"{w['num_requests']} short requests arriving {arrive}, prompt {_lohi(w['prompt_len'])}, "
+            f"output {_lohi(w['output_len'])}")
+    if w["num_long"]:
+        load += (f"; {w['num_long']} long prompt(s) of {_lohi(w['long_len'])} → {w['long_output_len']} tokens, evenly "
+                 f"spaced among them (short requests within {w['behind_s']:g} s after one are behind it)")
+    load += (f"; replayed in wall-clock time, TTFT from the scheduled arrival; "
+             f"max_num_seqs {setup.get('max_num_seqs') or 'default'}")
+    for key in ("max_model_len", "kv_cache_memory_bytes"):
+        if setup.get(key):
+            load += f", {key} {setup[key]:,}"
+    return load
 
 
 def _fmt(r: dict, key: str, spec: str) -> str:
@@ -114,6 +135,9 @@ FIGURES = {
     "tpot_ms_p50": ("TPOT p50", DOWN), "tpot_ms_p99": ("TPOT p99", DOWN),
     "e2e_s_p50": ("e2e latency p50", DOWN), "max_running": ("peak running seqs", UP),
     "mean_running": ("mean running seqs", UP), "kv_mean_utilization": ("KV utilisation", UP),
+    # the online workload's
+    "behind_long_ttft_ms_p50": ("TTFT p50 behind a long prompt", DOWN), "long_ttft_ms_p50": ("TTFT p50 of long prompts", DOWN),
+    "itl_ms_p50": ("ITL p50", DOWN), "itl_ms_p99": ("ITL p99", DOWN), "max_stall_ms": ("longest stall", DOWN),
 }
 
 
@@ -141,6 +165,56 @@ def render_compare(report: dict) -> Table:
             better = q > 1 if way == UP else q < 1
             cells.append(f"[{'green' if better else 'red'}]{q:.2f}×[/]" if abs(q - 1) > 0.005 else f"{q:.2f}×")
         t.add_row(label, f"{way} {'higher' if way == UP else 'lower'}", *cells)
+    return t
+
+
+# -------------------------------------------------------------------------------------------- online
+
+
+def _factor(r: dict, key: str) -> str:
+    f = (r.get("factors") or {}).get(key)
+    return "–" if f is None else f"{f:.2f}×"
+
+
+def render_online(report: dict, full: bool = False) -> Table:
+    """The online table. Compact (fits 80 columns): per engine spec TTFT p50/p99 (every request, from its scheduled
+    arrival), TTFT p50 of the short requests behind a long prompt, ITL p50/p99, the longest stall, output tok/s, and
+    how many times better than the first spec (ITL p99, behind-long TTFT), medians of the rounds. `full`: also the
+    short and long requests' TTFT apart, tokens, steps and every factor."""
+    results, setup = report["results"], report["setup"]
+    base = results[0]["engine"] if results else "?"
+    rounds = setup.get("repeat", 1)
+    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, caption_justify="left", collapse_padding=not full,
+              caption=f"{UP} higher is better · {DOWN} lower is better · times in ms · behind: short requests arriving "
+                      f"within {setup['workload']['behind_s']:g} s after a long prompt · stall: the longest gap between two "
+                      f"tokens of a request · ×: how many times better than {base} in the same round, above 1 is better · "
+                      f"bhd: behind"
+                      + (f" · medians of {rounds} rounds, every round in the JSON" if rounds > 1 else ""))
+    cols = [(f"TTFT\np50 {DOWN}", lambda r: _ms(r, "ttft_ms_p50")), (f"TTFT\np99 {DOWN}", lambda r: _ms(r, "ttft_ms_p99"))]
+    if full:
+        cols += [(f"short TTFT\np50 {DOWN}", lambda r: _ms(r, "short_ttft_ms_p50")),
+                 (f"short TTFT\np99 {DOWN}", lambda r: _ms(r, "short_ttft_ms_p99")),
+                 (f"long TTFT\np50 {DOWN}", lambda r: _ms(r, "long_ttft_ms_p50")),
+                 (f"long TTFT\np99 {DOWN}", lambda r: _ms(r, "long_ttft_ms_p99"))]
+    cols += [(f"behind\nTTFT {DOWN}", lambda r: _ms(r, "behind_long_ttft_ms_p50")),
+             (f"ITL\np50 {DOWN}", lambda r: _ms(r, "itl_ms_p50")), (f"ITL\np99 {DOWN}", lambda r: _ms(r, "itl_ms_p99")),
+             (f"stall\nmax {DOWN}", lambda r: _ms(r, "max_stall_ms")),
+             (f"tok/s\n{UP}", lambda r: _fmt(r, "output_tok_per_s", ",.1f" if full else ",.0f"))]
+    if full:
+        cols += [("output\ntokens", lambda r: _fmt(r, "output_tokens", ",d")), ("steps", lambda r: _fmt(r, "steps", ",d"))]
+        labels = {"ttft_ms_p50": "TTFT p50", "ttft_ms_p99": "TTFT p99", "behind_long_ttft_ms_p50": "behind",
+                  "long_ttft_ms_p50": "long TTFT", "itl_ms_p50": "ITL p50", "itl_ms_p99": "ITL p99",
+                  "max_stall_ms": "stall", "output_tok_per_s": "tok/s"}
+        keys = [k for k in labels if any(k in (r.get("factors") or {}) for r in results)]
+        cols += [(f"× {labels[k]}\n{UP}", lambda r, k=k: _factor(r, k)) for k in keys]
+    else:
+        cols += [(f"× ITL\np99 {UP}", lambda r: _factor(r, "itl_ms_p99")),
+                 (f"× bhd\nTTFT {UP}", lambda r: _factor(r, "behind_long_ttft_ms_p50"))]
+    t.add_column("engine", overflow="fold", min_width=14)
+    for name, _ in cols:
+        t.add_column(name, justify="right", no_wrap=True)
+    for r in results:  # a spec's options one per line: m5_chunked:\nmax_num_batched_tokens=256,\n...
+        t.add_row(r["engine"].replace(":", ":\n").replace(",", ",\n"), *(fn(r) for _, fn in cols))
     return t
 
 
