@@ -36,7 +36,7 @@ The files, one concept each:
     results.py     Result (per-request times, per-repetition totals), summaries, ratios (factors) to the first engine
     throughput.py  MilestoneRunner, HFRunner (static batching), run_throughput
     latency.py     run_latency: one request at a time, the engines interleaved
-    online.py      engine specs, replay (arrivals in wall-clock time), replay_metrics, run_online
+    online.py      engine specs, replay (arrivals in wall-clock time), replay_metrics, run_online, summary_only
     plots.py       plot_timeline (tokens per step around the long prompts), plot_tradeoff (TTFT vs ITL p99)
     attention.py   the attention workload: cases on a shuffled paged cache, time, peak memory, OOM prediction
     machine.py     machine_info, default_threads, total_memory_bytes, gpu_peaks (datasheet peaks by card name)
@@ -50,7 +50,15 @@ from shared.tools.bench.cli import RESULTS_DIR, main, out_path, parser, print_at
 from shared.tools.bench.engines import quiet_hf, resolve_bench_model, serve
 from shared.tools.bench.latency import hf_runner, milestone_runner, run_latency
 from shared.tools.bench.machine import default_threads, gpu_peaks, machine_info
-from shared.tools.bench.online import ONLINE_ENGINES, check_specs, parse_spec, replay, replay_metrics, run_online
+from shared.tools.bench.online import (
+    ONLINE_ENGINES,
+    check_specs,
+    parse_spec,
+    replay,
+    replay_metrics,
+    run_online,
+    summary_only,
+)
 from shared.tools.bench.plots import plot_timeline, plot_tradeoff
 from shared.tools.bench.progress import Reporter, Task
 from shared.tools.bench.results import Result, add_factors, add_ratios
@@ -76,5 +84,5 @@ __all__ = [
     "hf_runner", "machine_info", "main", "milestone_runner", "out_path", "parse_spec", "parser", "plot_timeline",
     "plot_tradeoff", "predict_peak_bytes", "print_attention", "quiet_hf", "render", "render_attention", "render_compare",
     "render_online", "render_table", "render_throughput", "replay", "replay_metrics", "resolve_bench_model",
-    "run_attention", "run_latency", "run_online", "run_throughput", "serve",
+    "run_attention", "run_latency", "run_online", "run_throughput", "serve", "summary_only",
 ]

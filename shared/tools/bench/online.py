@@ -232,3 +232,13 @@ def run_online(specs: list[str], model: str, device: str, dtype: str, workload: 
                 label = f"{r.spec:<{width}}" + (f" {rep + 1}/{repeat}" if repeat > 1 else "")
                 r.run(requests, workload, reporter.start(label, len(requests)))
     return {"setup": setup, "results": add_factors([r.summary() for r in runners], ONLINE_FIGURES)}
+
+
+def summary_only(report: dict) -> dict:
+    """The report without per-request token times and step timelines (megabytes for a long run): what is kept
+    under docs/results. Every summary figure, the setup and each repetition's figures stay."""
+    slim = {**report, "results": []}
+    for result in report["results"]:
+        reps = [{k: v for k, v in rep.items() if k not in ("requests", "timeline")} for rep in result.get("repetitions", [])]
+        slim["results"].append({**result, "repetitions": reps})
+    return slim

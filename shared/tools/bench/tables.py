@@ -60,7 +60,10 @@ def _online_load(setup: dict) -> str:
 
 
 def _fmt(r: dict, key: str, spec: str) -> str:
-    return format(r[key], spec) if r.get(key) is not None else "–"
+    if r.get(key) is None:
+        return "–"
+    value = r[key]
+    return format(round(value) if spec.endswith("d") else value, spec)  # a median of counts may be x.5
 
 
 def _ms(r: dict, key: str) -> str:
