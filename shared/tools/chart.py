@@ -40,6 +40,7 @@ def plot(report: dict, png: Path) -> None:
 
     rs = report["results"]
     names = [r["engine"] for r in rs]
+    labels = [n.split("_")[0] for n in names]  # m1, m2, ... and hf: eight engines' names fit under their bars
     x = list(range(len(rs)))
     def color(name: str):  # a milestone keeps its shade as milestones are added
         if name not in ENGINES:
@@ -56,10 +57,10 @@ def plot(report: dict, png: Path) -> None:
     ax.bar(x, tps, color=colors, yerr=err, capsize=4)
     for i, (t, r) in enumerate(zip(tps, rs, strict=True)):
         top = r.get("output_tok_per_s_max", t)  # above the error bar, not across it
-        ax.annotate(f"{t:,.0f}\n{r.get('ratio', t / tps[0]):.2f}× {names[0]}", (i, top), ha="center", va="bottom",
+        ax.annotate(f"{t:,.0f}\n{r.get('ratio', t / tps[0]):.2f}×", (i, top), ha="center", va="bottom",
                     fontsize=8, xytext=(0, 3), textcoords="offset points")
     highest = max(t + e for t, e in zip(tps, err[1], strict=True))
-    ax.set(title="output tokens/s ↑ (median, bars: min–max)", ylabel="tokens/s", ylim=(0, 1.35 * highest))
+    ax.set(title=f"output tokens/s ↑ (median, bars: min–max; × {labels[0]})", ylabel="tokens/s", ylim=(0, 1.35 * highest))
 
     for ax, fig_key, title in ((axes[0, 1], "ttft_ms", "TTFT ↓ (ms, log scale)"),
                                (axes[1, 0], "tpot_ms", "TPOT ↓ (ms)")):
@@ -84,7 +85,7 @@ def plot(report: dict, png: Path) -> None:
     ax.set(title="KV utilisation ↑ (positions holding a token / reserved)", ylabel="%", ylim=(0, 110))
 
     for ax in axes.flat:
-        ax.set_xticks(x, names, fontsize=9)
+        ax.set_xticks(x, labels, fontsize=9)
         ax.set_xlim(-0.6, len(rs) - 0.4)
         ax.grid(axis="y", alpha=0.3)
     setup = report["setup"]

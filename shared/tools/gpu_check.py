@@ -12,8 +12,11 @@ the exit status is the GPU tests' status, or 1 if a later step failed):
               the project's Triton kernel, time (ms, TFLOP/s, GB/s, % of the card's peak) and peak memory, each
               against naive in the same run, the card's name in the setup. Where flash-attn is importable,
               attention_flash.json adds it at blocks of 256 tokens (the pages it reads) beside sdpa and triton.
-- latency     bench_latency.json: m3_paged and m4_flash against HF generate, one request at a time.
-- throughput  bench_throughput.json: m3_paged and m4_flash against HF static batching, every request at once.
+- latency     bench_latency.json: the last two milestones against HF generate, one request at a time.
+- throughput  bench_throughput.json: the last two milestones against HF static batching, every request at once.
+- online      bench_online.json: M4 against M5 (chunked prefill) on requests arriving over time, short ones decoding
+              while long prompts of 2K-6K tokens arrive (shared/tools/bench/online.py): TTFT, ITL p99, the longest
+              stall, throughput, on the Qwen3-0.6B shape in bf16.
 
 Sized to fit, with the machine's start, in the 15 minutes of device time a session gets; `--quick` shrinks
 every workload (fewer contexts, batches and rounds, fewer requests) for a rerun.
@@ -31,7 +34,7 @@ from pathlib import Path
 
 from shared.tools.milestones import ENGINES
 
-STEPS = ("tests", "kernels", "attention", "latency", "throughput")
+STEPS = ("tests", "kernels", "attention", "latency", "throughput", "online")
 MODEL = "random:qwen3-0.6b"
 
 
@@ -86,7 +89,17 @@ def _throughput(out: Path, quick: bool) -> None:
            "--max-model-len", "1024", "--repeat", "1", "--out", str(out / "bench_throughput.json")])
 
 
-RUNNERS = {"tests": _tests, "kernels": _kernels, "attention": _attention, "latency": _latency, "throughput": _throughput}
+def _online(out: Path, quick: bool) -> None:
+    from shared.tools.bench import main as bench
+
+    n, rate = ("48", "8") if quick else ("128", "16")
+    bench(["online", "--engines", "m4_flash", "m5_chunked", "--model", MODEL, "--device", "cuda",
+           "--num-requests", n, "--rate", rate, "--output-len", "128:256", "--long-prompts", "6", "--long-len", "2000:6000",
+           "--max-num-seqs", "64", "--out", str(out / "bench_online.json")])
+
+
+RUNNERS = {"tests": _tests, "kernels": _kernels, "attention": _attention, "latency": _latency, "throughput": _throughput,
+           "online": _online}
 
 
 def main(out: Path, quick: bool = False, steps: tuple[str, ...] = STEPS) -> int:
