@@ -84,20 +84,18 @@ class Scheduler:
         # 1 and 2: running sequences, decodes before partial prefills, each oldest first.
         # When blocks run out, the newest not yet planned gives way (the tail of the queue), as in m3.
         queue = deque(sorted(self.running, key=lambda s: not self._is_decode(s)))  # stable: keeps age order
-        self.running = []
         while queue:
             seq = queue.popleft()
             num_new = self._chunk(seq, budget - batch.num_tokens)
             if num_new == 0:  # no budget left for this prompt's next chunk: it keeps its blocks and waits a step
-                self.running.append(seq)
                 continue
             while seq.status is SequenceStatus.RUNNING and not self.kv.can_allocate_slots(seq, num_new):
                 victim = queue.pop() if queue else seq
                 self._preempt(victim, batch)
             if seq.status is SequenceStatus.RUNNING:
                 self.kv.allocate_slots(seq, num_new)
-                self.running.append(seq)
                 self._plan(batch, seq, num_new)
+        self.running = [s for s in self.running if s.status is SequenceStatus.RUNNING]  # admission order, kept
         # 3. admit waiting sequences, first come first served, while the step has seats, tokens and blocks.
         # After a preemption memory is known to be tight, so nothing new is admitted this step.
         while self.waiting and not batch.preempted:
