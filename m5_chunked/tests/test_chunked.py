@@ -13,7 +13,7 @@ import functools
 
 import pytest
 
-from m5_chunked import LLM, SamplingParams
+from m5_chunked import SamplingParams
 from shared.request import SequenceStatus
 from shared.tools.reference import held_out_prompt, hf_greedy, parity_prompts
 from shared.tools.testing import drain, hf_model, kv_bytes_per_token, prompt_ids, tiny_tokenizer
@@ -23,8 +23,7 @@ from tests.kept.batching import MAX_LEN, randomized_run
 NEW = 24  # tokens generated per parity prompt
 
 
-def chunked(**options) -> LLM:
-    return LLM(**{"model": "tiny-qwen3", "device": "cpu", "dtype": "float32", **options})
+chunked = functools.partial(make_llm, "m5_chunked")  # an m5 LLM on the bundled model, CPU, fp32
 
 
 def long_prompts(length: int) -> list[list[int]]:
