@@ -227,6 +227,9 @@ def default_num_threads() -> int:
     return max(1, (os.cpu_count() or 2) // 2)
 
 
+SCHEDULING_POLICIES = ("fcfs", "lpm")  # first come first served; longest prefix match (M6, needs prefix caching)
+
+
 @dataclass
 class SchedulerConfig:
     """How much work one engine step may do (M2+). Passed as options: `LLM(max_num_seqs=32, ...)`."""
@@ -235,6 +238,7 @@ class SchedulerConfig:
     max_num_batched_tokens: int | None = None  # tokens in one step's batch; default: max(max_model_len, max_num_seqs)
     enable_chunked_prefill: bool = False  # (M5) a prompt may run over several steps, in chunks
     long_prefill_token_threshold: int = 0  # (M5) the most tokens one prompt's chunk may take in a step; 0: no cap
+    scheduling_policy: str = "fcfs"  # (M6) waiting order: "fcfs", or "lpm" (longest cached prefix first)
 
     def resolve(self, max_model_len: int, chunked_default: int | None = None) -> SchedulerConfig:
         """Validate against the model's context and fill the defaults. With chunked prefill the budget defaults
@@ -247,6 +251,9 @@ class SchedulerConfig:
         if cap and not self.enable_chunked_prefill:
             raise ValueError(f"long_prefill_token_threshold={cap} caps a prompt's chunk, so it needs "
                              "enable_chunked_prefill=True")
+        if self.scheduling_policy not in SCHEDULING_POLICIES:
+            raise ValueError(f"scheduling_policy must be one of {', '.join(map(repr, SCHEDULING_POLICIES))}, "
+                             f"got {self.scheduling_policy!r}")
         tokens = self.max_num_batched_tokens
         if tokens is None:  # enough for the longest prompt (or one chunk), and for every running sequence's decode
             chunked = self.enable_chunked_prefill and chunked_default
@@ -271,6 +278,7 @@ class CacheConfig:
 
     block_size: int = 16
     kv_cache_memory_bytes: int | None = None  # default: default_kv_cache_memory_bytes(device)
+    enable_prefix_caching: bool = False  # (M6) keep full blocks findable by a hash of their prefix
 
     def __post_init__(self) -> None:
         if not is_int(self.block_size) or self.block_size not in BLOCK_SIZES:  # 16.0 == 16, so the type first
@@ -278,6 +286,8 @@ class CacheConfig:
         b = self.kv_cache_memory_bytes
         if b is not None and (not is_int(b) or b < 1):
             raise ValueError(f"kv_cache_memory_bytes must be a positive integer, got {b!r}")
+        if not isinstance(self.enable_prefix_caching, bool):
+            raise ValueError(f"enable_prefix_caching must be True or False, got {self.enable_prefix_caching!r}")
 
 
 def default_kv_cache_memory_bytes(device: str, at_least: int = 0) -> int:

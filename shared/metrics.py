@@ -23,6 +23,9 @@ class StepRecord:
     kv_used_tokens: int  # positions that hold a real token's K/V
     kv_reserved_tokens: int  # positions set aside for running sequences
     kv_blocks_used: int | None = None  # physical blocks in use (paged engines, M3+)
+    prefix_queried_tokens: int = 0  # (M6) tokens of the sequences admitted this step
+    prefix_hit_tokens: int = 0  # (M6) of those, tokens found in the prefix cache (not computed)
+    prefix_evictions: int = 0  # (M6) cached blocks reused for something else this step
 
     @property
     def kv_utilization(self) -> float:
@@ -39,6 +42,7 @@ class EngineStats:
 
     kv_capacity_tokens: int = 0  # the KV memory budget, in token positions
     kv_num_blocks: int | None = None  # paged engines (M3+): blocks in the pool
+    prefix_caching: bool = False  # (M6) the engine caches prefixes: summary() reports the prefix-cache figures
     history: deque[StepRecord] = field(default_factory=lambda: deque(maxlen=HISTORY_STEPS))
     steps: int = 0
     prefill_tokens: int = 0
@@ -55,6 +59,14 @@ class EngineStats:
     peak_kv_used: int = 0
     peak_kv_reserved: int = 0
     peak_blocks_used: int = 0
+    prefix_queried_tokens: int = 0
+    prefix_hit_tokens: int = 0
+    prefix_evictions: int = 0
+
+    @property
+    def prefix_hit_rate(self) -> float:
+        """Tokens found in the prefix cache over tokens of the admitted sequences (vLLM's hit rate)."""
+        return self.prefix_hit_tokens / self.prefix_queried_tokens if self.prefix_queried_tokens else 0.0
 
     def record(self, rec: StepRecord) -> None:
         self.steps += 1
@@ -65,6 +77,9 @@ class EngineStats:
         else:
             self.decode_seconds += rec.duration
         self.preemptions += rec.num_preempted
+        self.prefix_queried_tokens += rec.prefix_queried_tokens
+        self.prefix_hit_tokens += rec.prefix_hit_tokens
+        self.prefix_evictions += rec.prefix_evictions
         self.max_running = max(self.max_running, rec.num_running)
         if rec.kv_reserved_tokens:
             self.busy_steps += 1
@@ -78,7 +93,7 @@ class EngineStats:
 
     def reset(self) -> None:
         """Forget every step so far (a benchmark calls this after its warm-up); the engine's sizes stay."""
-        fresh = EngineStats(self.kv_capacity_tokens, self.kv_num_blocks)
+        fresh = EngineStats(self.kv_capacity_tokens, self.kv_num_blocks, prefix_caching=self.prefix_caching)
         self.__dict__.update(fresh.__dict__)
 
     def rates(self) -> tuple[float, float]:
@@ -88,7 +103,7 @@ class EngineStats:
 
     def summary(self) -> dict:
         """Peak and mean KV figures over every step (steps with nothing running are left out of the means)."""
-        return {
+        summary = {
             "steps": self.steps,
             "preemptions": self.preemptions,
             "max_running": self.max_running,
@@ -101,3 +116,7 @@ class EngineStats:
             "kv_num_blocks": self.kv_num_blocks,
             "kv_peak_blocks_used": self.peak_blocks_used if self.kv_num_blocks else None,
         }
+        if self.prefix_caching:
+            summary.update(prefix_queried_tokens=self.prefix_queried_tokens, prefix_hit_tokens=self.prefix_hit_tokens,
+                           prefix_hit_rate=self.prefix_hit_rate, prefix_evictions=self.prefix_evictions)
+        return summary

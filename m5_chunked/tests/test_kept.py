@@ -2,6 +2,7 @@
 (written once in tests/kept/ and run here for this engine)."""
 
 from tests.kept.batching import *  # noqa: F403
+from tests.kept.chunked import *  # noqa: F403
 from tests.kept.cli import *  # noqa: F403
 from tests.kept.every import *  # noqa: F403
 from tests.kept.flash import *  # noqa: F403

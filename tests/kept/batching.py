@@ -150,18 +150,20 @@ def test_preemption_changes_no_output(engine_name):
     assert sum(o.metrics.num_preemptions for o in outs) == llm.engine.stats.preemptions
 
 
-def randomized_run(engine_name: str, seed: int, **options):
+def randomized_run(engine_name: str, seed: int, prompt=None, **options):
     """Adds (some n > 1), aborts and steps in a random order under memory for about two long sequences.
     Checks the invariants after every action; returns the requests and the finished outputs. `options` go to
-    the engine (M5 runs this with small token budgets, so that prompts are cut into chunks)."""
+    the engine (M5 runs this with small token budgets, so that prompts are cut into chunks); `prompt(rng, i)`
+    makes request i's prompt (M6 gives prompts that share prefixes), by default random ids of 1-60 tokens."""
     rng = random.Random(seed)
+    prompt = prompt or (lambda rng, i: prompt_ids(rng.randint(1, 60), 100 * seed + i))
     specs = []
     for i in range(24):
         n = rng.choice([1, 1, 2, 3])
         params = (SamplingParams(temperature=0, max_tokens=rng.randint(2, 60), ignore_eos=True, n=n) if i % 2 else
                   SamplingParams(temperature=0.9, top_k=rng.choice([0, 40]), max_tokens=rng.randint(2, 60),
                                  seed=1000 + i, ignore_eos=rng.random() < 0.7, n=n))
-        specs.append((f"r{i}", prompt_ids(rng.randint(1, 60), 100 * seed + i), params))
+        specs.append((f"r{i}", prompt(rng, i), params))
     engine = tight_llm(engine_name, MAX_LEN + 64, block_size=rng.choice([4, 8, 16]), max_num_seqs=rng.choice([4, 8]),
                        **options).engine
     limits = engine.scheduler_config

@@ -1,4 +1,5 @@
-"""What M5 adds: prompts cut into chunks under a token budget, decodes first, sampling only at a prompt's end.
+"""What every engine keeps from M5 on: prompts cut into chunks under a token budget, decodes first, sampling
+only at a prompt's end. Each test builds the engine under test (m5_chunked, m6_prefix, ...) with `chunked`.
 
 Parity: greedy output equals HuggingFace and m4 at budgets 16, 64, 256 and unlimited, with prompts about
 ten times the budget, alone and mixed with short ones, with n > 1. Scheduling: the order of a step (decodes,
@@ -10,20 +11,24 @@ The randomized test of tests/kept/batching.py runs again with budgets small enou
 from __future__ import annotations
 
 import functools
+import importlib
 
 import pytest
 
-from m5_chunked import SamplingParams
 from shared.request import SequenceStatus
+from shared.sampling import SamplingParams
 from shared.tools.reference import held_out_prompt, hf_greedy, parity_prompts
 from shared.tools.testing import drain, hf_model, kv_bytes_per_token, prompt_ids, tiny_tokenizer
-from tests.kept.base import make_llm
+from tests.kept.base import engine_name, make_llm  # noqa: F401
 from tests.kept.batching import MAX_LEN, randomized_run
 
 NEW = 24  # tokens generated per parity prompt
 
 
-chunked = functools.partial(make_llm, "m5_chunked")  # an m5 LLM on the bundled model, CPU, fp32
+@pytest.fixture
+def chunked(engine_name):
+    """Builds an LLM of the engine under test on the bundled model, CPU, fp32, with the given options."""
+    return functools.partial(make_llm, engine_name)
 
 
 def long_prompts(length: int) -> list[list[int]]:
@@ -54,7 +59,7 @@ GREEDY = SamplingParams(temperature=0, max_tokens=NEW, ignore_eos=True)
 
 
 @pytest.mark.parametrize("budget", [16, 64, 256, None])
-def test_greedy_equals_hf_and_m4_at_any_budget(budget):
+def test_greedy_equals_hf_and_m4_at_any_budget(budget, chunked):
     """Prompts ten times the budget (2,560 tokens for 'unlimited'), together with short parity prompts, so that
     chunks share steps with decodes and with each other; n = 2 on one of them."""
     tok = tiny_tokenizer()
@@ -78,7 +83,7 @@ def test_greedy_equals_hf_and_m4_at_any_budget(budget):
         assert sum(r.num_prefill_tokens > 0 and r.num_decode_tokens > 0 for r in hist) > 0, "chunks never met decodes"
 
 
-def test_nothing_is_sampled_before_the_prompt_is_complete():
+def test_nothing_is_sampled_before_the_prompt_is_complete(chunked):
     """A 100-token prompt at a budget of 16: six steps of 16 prompt tokens and no output, then the last 4 and a
     token. Seeded sampling consumes the generator only then, so it gives m4's tokens (no draw is wasted)."""
     llm = chunked(max_model_len=MAX_LEN, max_num_batched_tokens=16, max_num_seqs=4)
@@ -96,7 +101,7 @@ def test_nothing_is_sampled_before_the_prompt_is_complete():
     assert done == make_llm("m4_flash", max_model_len=MAX_LEN).generate(prompt_ids(100, 3), params)[0].outputs[0].token_ids
 
 
-def test_a_step_runs_decodes_then_partial_prefills_then_waiting_prompts():
+def test_a_step_runs_decodes_then_partial_prefills_then_waiting_prompts(chunked):
     """Two requests decode while a 300-token prompt is cut into chunks; a fourth arrives mid-way. Every step
     plans decodes first, then the partial prefill, then the new arrival, and spends the whole budget."""
     llm = chunked(max_model_len=512, max_num_batched_tokens=64, long_prefill_token_threshold=0, max_num_seqs=8)
@@ -118,7 +123,7 @@ def test_a_step_runs_decodes_then_partial_prefills_then_waiting_prompts():
     assert all(sum(n for _, n in plan) == 64 for plan in plans), "a step left budget unused while a prompt waited"
 
 
-def test_the_cap_lets_a_short_prompt_start_beside_a_long_one():
+def test_the_cap_lets_a_short_prompt_start_beside_a_long_one(chunked):
     """With long_prefill_token_threshold = 32 a 300-token prompt takes at most 32 tokens a step, and a short
     prompt that arrives behind it is admitted in the next step, instead of after the whole long prefill."""
     llm = chunked(max_model_len=512, max_num_batched_tokens=64, long_prefill_token_threshold=32, max_num_seqs=8)
@@ -136,7 +141,7 @@ def test_the_cap_lets_a_short_prompt_start_beside_a_long_one():
     drain(engine)
 
 
-def test_blocks_are_taken_per_chunk():
+def test_blocks_are_taken_per_chunk(chunked):
     """A 200-token prompt at a budget of 32 holds the blocks of the chunks it has run, not of the whole prompt."""
     engine = chunked(max_model_len=512, max_num_batched_tokens=32, block_size=16, max_num_seqs=4).engine
     rid = engine.add_request(prompt_ids(200, 5), GREEDY)
@@ -149,7 +154,7 @@ def test_blocks_are_taken_per_chunk():
     assert engine.kv.num_used_blocks == 0
 
 
-def test_n_siblings_hold_seats_and_fork_after_the_last_chunk():
+def test_n_siblings_hold_seats_and_fork_after_the_last_chunk(chunked):
     """n = 3 on a 40-token prompt at a budget of 16: the siblings wait without blocks while the prompt runs in
     chunks, yet count against max_num_seqs from the start; they fork (sharing the prompt's blocks) after the
     third chunk, and every completion equals HF's greedy output."""
@@ -171,7 +176,7 @@ def test_n_siblings_hold_seats_and_fork_after_the_last_chunk():
     assert [c.token_ids for c in out.outputs] == hf_outputs((tuple(prompt),)) * 3
 
 
-def test_a_partially_prefilled_sequence_is_preempted_and_recomputed():
+def test_a_partially_prefilled_sequence_is_preempted_and_recomputed(chunked):
     """Two 100-token prompts progress side by side (32 tokens of budget, 16 each) in memory for 8 blocks of 16:
     the newer one is preempted mid-prompt, recomputed later, and both give what they give with memory to spare."""
     prompts = [prompt_ids(100, 1), prompt_ids(100, 2)]
@@ -193,11 +198,11 @@ def test_a_partially_prefilled_sequence_is_preempted_and_recomputed():
 
 
 @pytest.mark.parametrize(("seed", "budget", "cap"), [(0, 8, 0), (1, 16, 8), (2, 32, 0), (3, 24, 16)])
-def test_randomized_run_with_small_budgets(seed, budget, cap):
+def test_randomized_run_with_small_budgets(seed, budget, cap, engine_name):
     """tests/kept/batching.py's random adds, aborts and steps under tiny KV memory, with budgets that cut most
     prompts: the budget is never exceeded, the invariants hold after every action, every request finishes or
     is aborted, every block comes back, and greedy requests give m4's tokens."""
-    specs, finished = randomized_run("m5_chunked", seed, max_num_batched_tokens=budget, long_prefill_token_threshold=cap)
+    specs, finished = randomized_run(engine_name, seed, max_num_batched_tokens=budget, long_prefill_token_threshold=cap)
     kept = [(rid, ids, p) for rid, ids, p in specs if rid in finished and p.greedy]
     ref = make_llm("m4_flash", max_model_len=MAX_LEN).generate([ids for _, ids, _ in kept], [p for _, _, p in kept],
                                                                use_tqdm=False)
@@ -216,15 +221,17 @@ def test_randomized_run_with_small_budgets(seed, budget, cap):
         ({"max_num_batched_tokens": 8, "max_num_seqs": 16}, "must be an integer >= max_num_seqs"),
     ],
 )
-def test_bad_chunking_options(options, message):
+def test_bad_chunking_options(options, message, chunked):
     with pytest.raises(ValueError, match=message):
         chunked(max_model_len=256, **options)
 
 
-def test_defaults_and_m4_behaviour_on_request():
+def test_defaults_and_m4_behaviour_on_request(chunked, engine_name):
     """Chunked prefill is on by default with a budget below the context; enable_chunked_prefill=False gives m4's
     scheduling back: the whole prompt in one step, whatever its length."""
-    from m5_chunked.engine import DEFAULT_LONG_PREFILL_TOKEN_THRESHOLD, DEFAULT_MAX_NUM_BATCHED_TOKENS
+    engine_module = importlib.import_module(f"{engine_name}.engine")
+    DEFAULT_LONG_PREFILL_TOKEN_THRESHOLD = engine_module.DEFAULT_LONG_PREFILL_TOKEN_THRESHOLD
+    DEFAULT_MAX_NUM_BATCHED_TOKENS = engine_module.DEFAULT_MAX_NUM_BATCHED_TOKENS
 
     config = chunked(max_model_len=MAX_LEN).engine.scheduler_config
     assert config.enable_chunked_prefill and config.max_num_batched_tokens == DEFAULT_MAX_NUM_BATCHED_TOKENS
