@@ -408,3 +408,229 @@ def test_online_table_compare_and_plots(online_run, tmp_path, capsys):
     with pytest.raises(bench.BenchError):
         bench.plot_timeline(report, specs=["m3_paged"])
     plt.close("all")
+
+
+# ---------------------------------------------------------------------------------------- prefix cache
+
+PREFIX_SPECS = ["m6_prefix", "m6_prefix:enable_prefix_caching=False"]
+
+
+def _digest(requests) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(requests).encode()).hexdigest()[:16]
+
+
+def test_prefix_fields_leave_default_workloads_unchanged():
+    """The digests were taken from the requests before the prefix fields existed: same seeds, same requests."""
+    tw, ow = ThroughputWorkload(64, (32, 256), (32, 256)), bench.OnlineWorkload()
+    assert _digest(tw.requests(4096)) == "ae173cdc9127cf73" and _digest(ow.requests(4096)) == "79739f6ff32808d1"
+    assert tw.requests(4096) == ThroughputWorkload(64, (32, 256), (32, 256), prefix_len=0, num_prefixes=5).requests(4096)
+    assert ow.requests(4096) == bench.OnlineWorkload(prefix_len=0, num_prefixes=3).requests(4096)
+    assert all(32 <= len(p) <= 256 for p, _ in tw.requests(4096))  # prefix_len 0 adds no token
+    assert tw.max_request_len() == 256 + 256 and ow.max_request_len() == 6000 + 16
+
+
+def test_prefix_shared_requests_are_a_prefix_then_the_usual_prompt():
+    base = ThroughputWorkload(20, (8, 16), (4, 8))
+    w = ThroughputWorkload(20, (8, 16), (4, 8), prefix_len=32, num_prefixes=3)
+    reqs = w.requests(4096)
+    assert reqs == w.requests(4096)  # seeded
+    assert [(p[32:], o) for p, o in reqs] == base.requests(4096)  # the user turn: the requests drawn as before
+    assert len({tuple(p[:32]) for p, _ in reqs}) == 3 and all(16 <= t < 4096 for p, _ in reqs for t in p[:32])
+    assert w.max_request_len() == 32 + 16 + 8
+    one = ThroughputWorkload(5, (8, 8), (4, 4), prefix_len=16).requests(4096)
+    assert len({tuple(p[:16]) for p, _ in one}) == 1
+    ow = bench.OnlineWorkload(num_requests=6, prompt_len=(8, 16), output_len=(4, 8), rate=20, num_long=2,
+                              long_len=(300, 400), long_output_len=3, seed=7)
+    op = bench.OnlineWorkload(**{**ow.__dict__, "prefix_len": 32, "num_prefixes": 2})
+    plain, prefixed = ow.requests(4096), op.requests(4096)
+    assert [(r[0], r[1], r[2], r[3]) for r in plain] == [(r[0], r[1], r[2][32:], r[3]) for r in prefixed]
+    assert len({tuple(r[2][:32]) for r in prefixed}) == 2 and any(r[4] for r in prefixed)  # long prompts have one too
+    assert op.max_request_len() == 32 + 400 + 3
+    for bad in ({"prefix_len": -1}, {"num_prefixes": 0}):
+        with pytest.raises(bench.BenchError):
+            ThroughputWorkload(4, (8, 8), (4, 4), **bad)
+        with pytest.raises(bench.BenchError):
+            bench.OnlineWorkload(**bad)
+
+
+@pytest.mark.parametrize("args", [
+    ["throughput", "--prefix-len", "-1"],
+    ["throughput", "--num-prefixes", "0"],
+    ["latency", "--prefix-len", "8"],
+    ["attention", "--num-prefixes", "2"],
+    ["throughput", "--prefix-len", "600", "--max-model-len", "512"],  # the prefix counts: does not fit
+    ["online", "--prefix-len", "600", "--long-prompts", "0", "--max-model-len", "512", "--engines", "m6_prefix"],
+    ["prefix"],
+    ["prefix", "nope"],
+    ["prefix", "ttft", "--lengths", "16"],  # shorter than two blocks: nothing to find cached
+    ["prefix", "ttft", "--lengths", "8192"],  # with its output token, longer than tiny-qwen3's context
+    ["prefix", "ttft", "--lengths", "64", "64"],
+    ["prefix", "ttft", "--engines", "hf"],
+    ["prefix", "multiturn", "--turns", "0"],
+    ["prefix", "multiturn", "--engines", "m6_prefix:scheduling_policy=lpm,enable_prefix_caching=False"],
+    ["prefix", "kv-sweep", "--kv-blocks", "4", "--prefix-len", "64", "--prompt-len", "8"],  # fewer than one request
+    ["prefix", "kv-sweep", "--policies", "lru"],
+    ["prefix", "kv-sweep", "--engines", "m6_prefix"],  # kv-sweep builds m6 itself
+    ["prefix", "ttft", "--model", "nope"],
+])
+def test_prefix_bad_arguments_exit_2_in_one_line(args, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main(args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and len(err.splitlines()) == 1, err
+
+
+def test_prefix_help_lists_the_scenarios(capsys):
+    assert "prefix" in bench.parser().format_help() and "--prefix-len" in bench.parser().format_help()
+    from shared.tools.bench import prefix
+
+    helptext = prefix.parser().format_help()
+    assert all(s in helptext for s in ("ttft", "multiturn", "kv-sweep", "lpm"))
+    with pytest.raises(SystemExit) as e:
+        bench.main(["prefix", "kv-sweep", "--kv-blocks", "4", "--prefix-len", "64", "--prompt-len", "8"])
+    assert e.value.code == 2
+    assert "(104 tokens: prefix + prompt + output) takes 7 blocks of 16 tokens" in capsys.readouterr().err  # the why
+
+
+def test_prefix_throughput_shows_the_hit_rate(capsys):
+    report = bench.main(["throughput", "--engines", "m5_chunked", "m6_prefix", "--prefix-len", "64", "--num-requests", "4",
+                         "--prompt-len", "8", "--output-len", "4", "--max-model-len", "128", "--repeat", "1",
+                         "--threads", "1", "--kv-cache-memory-bytes", str(4 << 20), "--max-num-seqs", "1"])
+    m5, m6 = report["results"]  # one request at a time: each finds the prefix the first one computed
+    assert m5.get("prefix_hit_rate") is None and 0 < m6["prefix_hit_rate"] < 1
+    assert report["setup"]["workload"]["prefix_len"] == 64
+    out = capsys.readouterr().out
+    assert "hit %" in out and f"{m6['prefix_hit_rate']:.1%}" in out and "shared prefix of 64 tokens" in " ".join(out.split())
+    assert max(len(line) for line in out.splitlines()) <= 80
+    full = render_table(report["results"], report["setup"], full=True)
+    assert any("prefix hit" in str(c.header) for c in full.columns)
+
+
+def test_prefix_online_table_shows_the_hit_rate_within_80_columns():
+    results = [{"engine": e, "ttft_ms_p50": 123.4, "ttft_ms_p99": 1234.5, "behind_long_ttft_ms_p50": 1993.2, "itl_ms_p50": 12.3,
+                "itl_ms_p99": 403.5, "max_stall_ms": 1364.2, "output_tok_per_s": 1391.2, "factors": {"itl_ms_p99": 1.0}}
+               for e in ("m5_chunked", "m6_prefix")]
+    results[1]["prefix_hit_rate"] = 0.913
+    report = {"setup": {"repeat": 1, "workload": {"behind_s": 2.0}}, "results": results}
+    console = Console(width=80, record=True)
+    console.print(bench.render_online(report))
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80 and "91%" in text and "…" not in text
+    assert any("hit" in str(c.header) for c in bench.render_online(report, full=True).columns)
+    del results[1]["prefix_hit_rate"]
+    assert not any("hit" in str(c.header) for c in bench.render_online(report).columns)
+
+
+def _prefix_cli(tmp_path_factory, *args: str) -> tuple[dict, dict]:
+    n = torch.get_num_threads()
+    out = tmp_path_factory.mktemp("prefix") / "run.json"
+    try:
+        report = bench.main(["prefix", *args, "--threads", "1", "--out", str(out)])
+    finally:
+        torch.set_num_threads(n)
+    return report, json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def prefix_ttft_run(tmp_path_factory):
+    return _prefix_cli(tmp_path_factory, "ttft", "--lengths", "64", "96", "--repeat", "2")
+
+
+@pytest.fixture(scope="module")
+def prefix_multiturn_run(tmp_path_factory):
+    return _prefix_cli(tmp_path_factory, "multiturn", "--conversations", "2", "--turns", "3", "--first-len", "32",
+                       "--user-len", "16", "--output-len", "4")
+
+
+@pytest.fixture(scope="module")
+def prefix_kv_sweep_run(tmp_path_factory):
+    """12 requests on 3 prefixes of 64 tokens, one at a time (no preemption, whose returns would hit their own
+    blocks): at 6 blocks (one request's worth) the prefixes are evicted, at 24 every one stays."""
+    return _prefix_cli(tmp_path_factory, "kv-sweep", "--num-prefixes", "3", "--prefix-len", "64", "--num-requests", "12",
+                       "--prompt-len", "8:16", "--output-len", "4", "--kv-blocks", "24", "6", "--max-num-seqs", "1")
+
+
+def test_prefix_ttft_cached_request_hits_all_but_its_last_block(prefix_ttft_run):
+    report, saved = prefix_ttft_run
+    assert saved == report and saved["setup"]["workload"]["name"] == "prefix-ttft"
+    by = {(r["length"], r["engine"]): r for r in report["results"]}
+    assert list(by) == [(n, s) for n in (64, 96) for s in PREFIX_SPECS]  # rows: length x engine
+    for n in (64, 96):
+        cached, uncached = by[(n, PREFIX_SPECS[0])], by[(n, PREFIX_SPECS[1])]
+        assert cached["hit_tokens"] == n - 16 and cached["computed_tokens"] == 16 and cached["prefix_caching"]
+        assert uncached["hit_tokens"] == 0 and uncached["computed_tokens"] == n and not uncached["prefix_caching"]
+        for r in (cached, uncached):
+            assert len(r["ttft_ms_rounds"]) == 2 and r["ttft_ms_min"] <= r["ttft_ms"] <= r["ttft_ms_max"]
+            assert r["reference"] == PREFIX_SPECS[1] and r["speedup_min"] <= r["speedup"] <= r["speedup_max"]
+        assert uncached["speedup"] == 1.0 and cached["speedup"] > 0
+
+
+def test_prefix_multiturn_hits_from_turn_two_only_with_caching(prefix_multiturn_run):
+    report, saved = prefix_multiturn_run
+    assert saved == report
+    on, off = report["results"]
+    assert [r["engine"] for r in (on, off)] == PREFIX_SPECS and on["reference"] == PREFIX_SPECS[1]
+    assert [t["prompt_len_mean"] for t in on["turns"]] == [32, 32 + 4 + 16, 32 + 2 * (4 + 16)]
+    assert on["turns"][0]["hit_rate"] == 0 and all(t["hit_rate"] > 0 for t in on["turns"][1:])
+    assert all(t["hit_rate"] == 0 and t["hit_tokens"] == 0 for t in off["turns"])
+    for t in on["turns"][1:]:  # whole blocks are found, and what was found was not computed
+        assert t["hit_tokens"] % 16 == 0 and t["computed_prompt_tokens"] == t["queried_tokens"] - t["hit_tokens"]
+    assert all(t["computed_prompt_tokens"] == 2 * t["prompt_len_mean"] for t in off["turns"])
+    assert all(t["output_tokens"] == 2 * 4 and t["ttft_ms_p50"] > 0 and t["wall_s"] > 0 for t in on["turns"])
+    assert 0 < on["hit_rate"] < 1 and off["hit_rate"] == 0 and len(on["rounds"]) == 1
+
+
+def test_prefix_kv_sweep_more_memory_keeps_more_prefixes(prefix_kv_sweep_run):
+    report, saved = prefix_kv_sweep_run
+    assert saved == report
+    rows = report["results"]
+    assert [(r["kv_blocks"], r["policy"], r["prefix_caching"]) for r in rows] == [
+        (6, "fcfs", True), (6, "lpm", True), (24, "fcfs", True), (24, "lpm", True), (24, "fcfs", False)]
+    by = {(r["kv_blocks"], r["policy"]): r for r in rows if r["prefix_caching"]}
+    per_token = report["setup"]["kv_bytes_per_token"]
+    for policy in ("fcfs", "lpm"):
+        small, large = by[(6, policy)], by[(24, policy)]
+        assert large["hit_rate"] >= small["hit_rate"] and small["evictions"] > 0 and large["evictions"] == 0
+        assert small["preemptions"] == large["preemptions"] == 0
+        assert small["kv_mib"] == 6 * 16 * per_token / 2**20
+    for r in rows:
+        assert r["output_tokens"] == 12 * 4 and r["ttft_ms_p50"] <= r["ttft_ms_p99"] and r["output_tok_per_s"] > 0
+    assert rows[-1]["hit_rate"] == 0 and rows[-1]["engine"] == "m6_prefix:enable_prefix_caching=False"
+    assert by[(6, "lpm")]["vs_fcfs"]["output_tok_per_s"] > 0 and by[(6, "fcfs")]["vs_fcfs"] is None
+    assert report["setup"]["max_model_len"] == 96  # 64 + 16 + 4 tokens, in whole blocks
+
+
+def test_prefix_tables_compare_and_plots(prefix_ttft_run, prefix_multiturn_run, prefix_kv_sweep_run, tmp_path, capsys):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from shared.tools.bench.plots import plot_hit_rate_vs_kv, plot_multiturn, plot_prefix_ttft
+    from shared.tools.bench.tables import render_kv_sweep, render_multiturn, render_prefix_ttft
+
+    for (report, _), render in ((prefix_ttft_run, render_prefix_ttft), (prefix_multiturn_run, render_multiturn),
+                                (prefix_kv_sweep_run, render_kv_sweep)):
+        console = Console(width=80, record=True)
+        console.print(bench.describe(report["setup"]))
+        console.print(render(report))
+        text = console.export_text()
+        assert max(len(line) for line in text.splitlines()) <= 80 and "…" not in text, text
+    path = tmp_path / "ttft.json"
+    path.write_text(json.dumps(prefix_ttft_run[1]))
+    capsys.readouterr()
+    bench.main(["compare", str(path)])  # a saved prefix run: its table again
+    out = capsys.readouterr().out
+    assert "prefix-ttft" in out and "enable_prefix_caching=False" in out
+    fig = plot_prefix_ttft(prefix_ttft_run[0], path=tmp_path / "ttft.png")
+    assert len(fig.axes[0].patches) == 4 and (tmp_path / "ttft.png").stat().st_size > 0
+    fig = plot_multiturn(prefix_multiturn_run[0])
+    assert len(fig.axes) == 2 and all(len(a.lines) == 2 for a in fig.axes)
+    fig = plot_hit_rate_vs_kv(prefix_kv_sweep_run[0], x="mib")
+    assert [len(a.lines) for a in fig.axes] == [2, 3]  # fcfs and lpm; and the caching-off baseline
+    with pytest.raises(bench.BenchError):
+        plot_multiturn(prefix_ttft_run[0])
+    plt.close("all")

@@ -23,6 +23,9 @@ wall-clock time through each engine's `add_request` / `step`: TTFT from the sche
 between a request's tokens) and the longest stall, TTFT of the short requests behind a long prompt, and the step
 timeline (`plot_timeline`, `plot_tradeoff` draw it); engines are specs, `name:key=value,...`, and each figure is
 also given as how many times better than the first spec; from Python, `run_online(...)` returns what `--out` writes.
+`prefix ttft|multiturn|kv-sweep` measures M6's prefix cache: a prompt cached but for its last block against the
+same prompt uncached, hit rate and TTFT per turn of many chats, and hit rate against KV memory for the fcfs and
+lpm waiting orders; `--prefix-len N` gives the throughput and online requests a shared prefix (a system prompt).
 `attention` times one attention layer of the model's shape per M4 backend (naive, sdpa, triton, flash-attn)
 and measures its peak memory, each backend against naive in the same run; from Python, `run_attention(...)`
 returns the same dict that `--out` writes.
@@ -37,7 +40,9 @@ The files, one concept each:
     throughput.py  MilestoneRunner, HFRunner (static batching), run_throughput
     latency.py     run_latency: one request at a time, the engines interleaved
     online.py      engine specs, replay (arrivals in wall-clock time), replay_metrics, run_online, summary_only
-    plots.py       plot_timeline (tokens per step around the long prompts), plot_tradeoff (TTFT vs ITL p99)
+    prefix.py      the prefix-cache scenarios: run_prefix_ttft, run_multiturn, run_kv_sweep
+    plots.py       plot_timeline (tokens per step around the long prompts), plot_tradeoff (TTFT vs ITL p99),
+                   plot_prefix_ttft, plot_multiturn, plot_hit_rate_vs_kv
     attention.py   the attention workload: cases on a shuffled paged cache, time, peak memory, OOM prediction
     machine.py     machine_info, default_threads, total_memory_bytes, gpu_peaks (datasheet peaks by card name)
     tables.py      describe (the setup in a sentence), render_table, render_compare, render_online, render_attention
@@ -59,7 +64,8 @@ from shared.tools.bench.online import (
     run_online,
     summary_only,
 )
-from shared.tools.bench.plots import plot_timeline, plot_tradeoff
+from shared.tools.bench.plots import plot_hit_rate_vs_kv, plot_multiturn, plot_prefix_ttft, plot_timeline, plot_tradeoff
+from shared.tools.bench.prefix import run_kv_sweep, run_multiturn, run_prefix_ttft
 from shared.tools.bench.progress import Reporter, Task
 from shared.tools.bench.results import Result, add_factors, add_ratios
 from shared.tools.bench.tables import (
@@ -78,11 +84,12 @@ from shared.tools.bench.throughput import HFRunner, MilestoneRunner, run_through
 from shared.tools.bench.workloads import OnlineWorkload, ThroughputWorkload, Workload
 
 __all__ = [
-    "DOWN", "ENGINE_NAMES", "FIGURES", "ONLINE_ENGINES", "RESULTS_DIR", "UP", "BenchError", "HFRunner", "MilestoneRunner",
-    "OnlineWorkload", "Reporter", "Result", "Task", "ThroughputWorkload", "Workload", "add_factors", "add_ratios",
-    "check_engines", "check_model", "check_specs", "cpu_peak_bytes", "default_threads", "describe", "fail", "gpu_peaks",
-    "hf_runner", "machine_info", "main", "milestone_runner", "out_path", "parse_spec", "parser", "plot_timeline",
-    "plot_tradeoff", "predict_peak_bytes", "print_attention", "quiet_hf", "render", "render_attention", "render_compare",
-    "render_online", "render_table", "render_throughput", "replay", "replay_metrics", "resolve_bench_model",
-    "run_attention", "run_latency", "run_online", "run_throughput", "serve", "summary_only",
+    "DOWN", "ENGINE_NAMES", "FIGURES", "ONLINE_ENGINES", "RESULTS_DIR", "UP", "BenchError", "HFRunner",
+    "MilestoneRunner", "OnlineWorkload", "Reporter", "Result", "Task", "ThroughputWorkload", "Workload", "add_factors",
+    "add_ratios", "check_engines", "check_model", "check_specs", "cpu_peak_bytes", "default_threads", "describe",
+    "fail", "gpu_peaks", "hf_runner", "machine_info", "main", "milestone_runner", "out_path", "parse_spec", "parser",
+    "plot_hit_rate_vs_kv", "plot_multiturn", "plot_prefix_ttft", "plot_timeline", "plot_tradeoff", "predict_peak_bytes",
+    "print_attention", "quiet_hf", "render", "render_attention", "render_compare", "render_online", "render_table",
+    "render_throughput", "replay", "replay_metrics", "resolve_bench_model", "run_attention", "run_kv_sweep",
+    "run_latency", "run_multiturn", "run_online", "run_prefix_ttft", "run_throughput", "serve", "summary_only",
 ]

@@ -1,7 +1,8 @@
-"""The command line: `python -m shared.tools.bench latency|throughput|online|attention|compare ...`. Parses the
-arguments (a mistake is one red line, exit status 2), builds the workload and the setup, runs the engines (or,
+"""The command line: `python -m shared.tools.bench latency|throughput|online|attention|compare|prefix ...`. Parses
+the arguments (a mistake is one red line, exit status 2), builds the workload and the setup, runs the engines (or,
 for `attention`, one attention layer per M4 backend; for `online`, a replay of requests arriving over time),
-prints the table and writes the JSON of `--out` (a bare NAME.json goes to bench_results/)."""
+prints the table and writes the JSON of `--out` (a bare NAME.json goes to bench_results/). `prefix SCENARIO ...`
+(M6's prefix cache: ttft, multiturn, kv-sweep) has arguments of its own, parsed by prefix.py."""
 
 from __future__ import annotations
 
@@ -80,12 +81,13 @@ def _positive_float(text: str) -> float:
     return x
 
 
-WORKLOADS = ("latency", "throughput", "online", "attention", "compare")
+WORKLOADS = ("latency", "throughput", "online", "attention", "compare", "prefix")
 # the options only one kind of workload takes: given to the other, they are a mistake (one red line)
 ENGINE_OPTIONS = ("engines", "num_requests", "prompt_len", "output_len", "max_num_seqs", "max_model_len",
                   "kv_cache_memory_bytes", "full")
 ATTENTION_OPTIONS = ("contexts", "batches", "backends", "memory_limit_gib")
 ONLINE_OPTIONS = ("rate", "long_prompts", "long_len", "long_output_len", "behind_s")
+PREFIX_OPTIONS = ("prefix_len", "num_prefixes")  # throughput and online: a shared prefix in front of every prompt
 NOT_ONLINE_OPTIONS = ("block_size",)  # online: a block size goes in an engine spec (m5_chunked:block_size=32)
 ONLINE_ENGINE_DEFAULT = ["m4_flash", "m5_chunked"]
 
@@ -98,7 +100,9 @@ def parser() -> argparse.ArgumentParser:
                          "time (Poisson) with long prompts among them, replayed in wall-clock time; attention: one "
                          "attention layer of the "
                          "model's shape per M4 backend, prefill and decode at growing contexts, time and peak memory; "
-                         "compare: ratios of a saved run (or an attention run's tables)")
+                         "compare: ratios of a saved run (or an attention run's tables); prefix: M6's prefix "
+                         "cache, scenarios ttft (a cached prompt's TTFT), multiturn (chats, hit rate per turn) and "
+                         "kv-sweep (hit rate against KV memory, fcfs vs lpm): see `prefix --help`")
     ap.add_argument("result", nargs="?", help="compare: the JSON written by --out")
     ap.add_argument("--engines", nargs="+", default=None,
                     help=f"from {' '.join(ENGINE_NAMES)}; default: {ENGINES[-1]} hf (latency), "
@@ -124,6 +128,11 @@ def parser() -> argparse.ArgumentParser:
                          f"1 (latency, online), {DEFAULT_REPEAT} (attention)")
     ap.add_argument("--threads", type=_positive, default=None,
                     help=f"torch CPU threads (default: half the cores, here {default_threads()})")
+    ap.add_argument("--prefix-len", type=_count, default=None,
+                    help="throughput and online: a shared prefix of N tokens (a system prompt) in front of every prompt, "
+                         "the drawn prompt after it (default 0: none)")
+    ap.add_argument("--num-prefixes", type=_positive, default=None,
+                    help="throughput and online: distinct shared prefixes, each request's drawn at random (default 1)")
     ap.add_argument("--full", action="store_true", help="every column (the default table fits 80 columns)")
     ap.add_argument("--rate", type=_positive_float, default=None, help="online: short requests per second, Poisson (default 4)")
     ap.add_argument("--long-prompts", type=_count, default=None,
@@ -167,7 +176,12 @@ def workload_first(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parser().parse_args(workload_first(list(sys.argv[1:] if argv is None else argv)))
+    argv = workload_first(list(sys.argv[1:] if argv is None else argv))
+    if argv and argv[0] == "prefix":  # its scenarios have arguments of their own
+        from shared.tools.bench.prefix import main as prefix_main
+
+        return prefix_main(argv[1:])
+    args = parser().parse_args(argv)
     try:
         return _main(args)
     except BenchError as err:
@@ -196,7 +210,7 @@ def _write(report: dict, out: str) -> None:
 
 def _attention(args: argparse.Namespace) -> dict:
     """The attention workload: one attention layer per backend (shared/tools/bench/attention.py)."""
-    _reject(args, ENGINE_OPTIONS + ONLINE_OPTIONS, "attention")
+    _reject(args, ENGINE_OPTIONS + ONLINE_OPTIONS + PREFIX_OPTIONS, "attention")
     if args.result is not None:
         raise BenchError(f"unexpected argument {args.result!r}: only compare takes a file")
     console = _output_console()
@@ -239,11 +253,12 @@ def _online(args: argparse.Namespace) -> dict:
     workload = OnlineWorkload(args.num_requests or 48, args.prompt_len or (32, 128), args.output_len or (64, 192),
                               rate=args.rate or 4.0, num_long=3 if args.long_prompts is None else args.long_prompts,
                               long_len=args.long_len or (2000, 6000), long_output_len=args.long_output_len or 16,
-                              behind_s=args.behind_s or 2.0)
+                              behind_s=args.behind_s or 2.0, **_prefix_fields(args))
     need = workload.max_request_len()
     if args.max_model_len and need > args.max_model_len:  # before any work (a spec's own max_model_len: when built)
-        raise BenchError(f"the longest request ({need:,} tokens, prompt + output) does not fit --max-model-len "
-                         f"{args.max_model_len:,}: raise it or shorten --long-len / --prompt-len / --output-len")
+        raise BenchError(f"the longest request ({need:,} tokens, prefix + prompt + output) does not fit --max-model-len "
+                         f"{args.max_model_len:,}: raise it or shorten --long-len / --prompt-len / --output-len / "
+                         f"--prefix-len")
     torch.set_num_threads(args.threads or default_threads())
     run = dict(repeat=args.repeat or 1, max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs)
     setup = online_setup(specs, args.model, args.device, dtype, workload, kv_cache_memory_bytes=args.kv_cache_memory_bytes,
@@ -263,6 +278,11 @@ def _online(args: argparse.Namespace) -> dict:
     return report
 
 
+def _prefix_fields(args: argparse.Namespace) -> dict:
+    """--prefix-len and --num-prefixes as workload fields (their defaults: no prefix, one)."""
+    return {"prefix_len": args.prefix_len or 0, "num_prefixes": args.num_prefixes or 1}
+
+
 def _main(args: argparse.Namespace) -> dict:
     if args.workload == "attention":
         return _attention(args)
@@ -273,17 +293,24 @@ def _main(args: argparse.Namespace) -> dict:
         return _online(args)
     _reject(args, ONLINE_OPTIONS, args.workload)
     if args.workload == "compare":
+        _reject(args, PREFIX_OPTIONS, "compare")
         path = Path(args.result) if args.result else None
         if path is not None and not path.is_file() and out_path(args.result).is_file():
             path = out_path(args.result)  # `compare run.json` finds what `--out run.json` wrote
         if path is None or not path.is_file():
-            raise BenchError(f"compare needs the JSON file of a run (--out of latency, throughput, online or attention), "
+            raise BenchError(f"compare needs the JSON file of a run (--out of latency, throughput, online, attention "
+                             f"or prefix), "
                              f"got {args.result}")
         try:
             report = json.loads(path.read_text())
             if report["setup"]["workload"]["name"] == "attention":  # nothing to set side by side: its tables again
                 render_attention(report)
                 print_attention(report)
+                return report
+            if report["setup"]["workload"]["name"].startswith("prefix-"):  # a prefix scenario: its table again
+                from shared.tools.bench.prefix import print_report
+
+                print_report(report)
                 return report
             tables = [render_compare(report)]
             if report["setup"]["workload"]["name"] == "online":  # its own table first, then each spec over the one before
@@ -305,9 +332,16 @@ def _main(args: argparse.Namespace) -> dict:
         prompt_len, output_len = args.prompt_len or (128, 128), args.output_len or (64, 64)
         if prompt_len[0] != prompt_len[1] or output_len[0] != output_len[1]:
             raise BenchError("the latency workload takes fixed lengths (N), not ranges")
+        _reject(args, PREFIX_OPTIONS, "latency")
         workload = Workload("latency", args.num_requests or 5, prompt_len[0], output_len[0])
     else:
-        workload = ThroughputWorkload(args.num_requests or 64, args.prompt_len or (32, 256), args.output_len or (32, 256))
+        workload = ThroughputWorkload(args.num_requests or 64, args.prompt_len or (32, 256), args.output_len or (32, 256),
+                                      **_prefix_fields(args))
+        need = workload.max_request_len()
+        if args.max_model_len and need > args.max_model_len:  # before any work
+            raise BenchError(f"the longest request ({need:,} tokens, prefix + prompt + output) does not fit "
+                             f"--max-model-len {args.max_model_len:,}: raise it or shorten --prompt-len / --output-len "
+                             f"/ --prefix-len")
     repeat = args.repeat or (1 if args.workload == "latency" else 3)
     torch.set_num_threads(args.threads or default_threads())
     setup = {"model": args.model, "device": args.device, "dtype": dtype, "threads": torch.get_num_threads(),

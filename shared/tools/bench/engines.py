@@ -48,8 +48,19 @@ def _build_llm(name: str, model: str, device: str, dtype: str, max_model_len: in
     """A milestone's LLM with the options its engine takes (m1 takes no max_num_seqs): the rest are dropped."""
     llm_class = importlib.import_module(name).LLM
     accepted = engine_options(llm_class.engine_class)
-    return llm_class(model=model, device=device, dtype=dtype, max_model_len=max_model_len,
-                     **{k: v for k, v in options.items() if k in accepted and v is not None})
+    threads = torch.get_num_threads()
+    llm = llm_class(model=model, device=device, dtype=dtype, max_model_len=max_model_len,
+                    **{k: v for k, v in options.items() if k in accepted and v is not None})
+    torch.set_num_threads(threads)  # an engine on CPU sets its default thread count: the benchmark's --threads wins
+    return llm
+
+
+def cold_start(engine) -> None:
+    """Before a measured round: forget the prefix cache (M6 on), so that every round starts as the first did,
+    not with the previous round's prompts cached. Other engines have nothing to forget."""
+    reset = getattr(engine, "reset_prefix_cache", None)
+    if reset is not None:
+        reset()
 
 
 def resolve_bench_model(model: str, dtype: str) -> str:

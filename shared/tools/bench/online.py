@@ -21,7 +21,7 @@ import torch
 from shared.llm import engine_options
 from shared.sampling import SamplingParams
 from shared.tools.bench.checks import BenchError
-from shared.tools.bench.engines import _build_llm, _sync, serve
+from shared.tools.bench.engines import _build_llm, _sync, cold_start, serve
 from shared.tools.bench.machine import machine_info
 from shared.tools.bench.progress import Reporter, Task
 from shared.tools.bench.results import _pct, add_factors
@@ -186,12 +186,14 @@ class OnlineRunner:
         self.repetitions: list[dict] = []
 
     def run(self, requests: list, workload: OnlineWorkload, task: Task | None) -> None:
+        cold_start(self.llm.engine)  # M6: every round starts with nothing cached
         records, timeline = replay(self.llm.engine, requests, self.device, task)
         long_arrivals = [round(a, 6) for _, a, _, _, is_long in requests if is_long]
         stats = self.llm.engine.stats
         rep = replay_metrics(records, long_arrivals, workload.behind_s)
         rep.update(steps=stats.steps, prefill_tokens=stats.prefill_tokens, decode_tokens=stats.decode_tokens,
                    preemptions=stats.preemptions, long_arrivals_s=long_arrivals, timeline=timeline, requests=records)
+        rep.update({k: v for k, v in stats.summary().items() if k.startswith("prefix_")})  # M6: hit rate, evictions
         self.repetitions.append(rep)
         if task is not None:
             task.finish(max(rep["wall_s"], 1e-9))

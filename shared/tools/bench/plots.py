@@ -1,6 +1,7 @@
 """Pictures of an online run (the dict `run_online` returns, or the JSON `--out` wrote), for notebooks and docs:
 `plot_timeline` (what each engine computed, step by step, around the long prompts) and `plot_tradeoff` (TTFT
-against ITL p99, one point per engine spec). matplotlib is imported only when a plot is asked for."""
+against ITL p99, one point per engine spec); and of the prefix cache's scenarios (prefix.py): `plot_prefix_ttft`,
+`plot_multiturn`, `plot_hit_rate_vs_kv`. matplotlib is imported only when a plot is asked for."""
 
 from __future__ import annotations
 
@@ -79,4 +80,128 @@ def plot_tradeoff(report: dict, x: str = "ttft_ms_p50", y: str = "itl_ms_p99", a
     ax.grid(True, alpha=0.3)
     ax.margins(0.25)  # room for the labels
     fig.tight_layout()
+    return fig
+
+
+# -------------------------------------------------------------------------------------- prefix cache
+
+
+def _plain_log_ticks(axis) -> None:
+    """Tick labels of a log axis as plain numbers (12, 100, 1,000), not powers of ten."""
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 10 else f"{v:g}")
+    axis.set_major_formatter(plain)
+    axis.set_minor_formatter(plain)
+
+
+def _save(fig, path) -> None:
+    if path is not None:
+        fig.savefig(path, dpi=150, bbox_inches="tight")
+
+
+def _check_scenario(report: dict, name: str) -> None:
+    got = report.get("setup", {}).get("workload", {}).get("name")
+    if got != name:
+        raise BenchError(f"expected the JSON of `bench {name.replace('-', ' ', 1)}`, got a {got!r} run")
+
+
+def plot_hit_rate_vs_kv(report: dict, path=None, x: str = "blocks"):
+    """`prefix kv-sweep`: two panels against the KV size (`x`: "blocks", or "mib" for MiB; log scale): the prefix
+    hit rate, and output tok/s, one line per scheduling policy; the caching-off baseline as a dashed line in the
+    tok/s panel. Saved to `path` when given. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    _check_scenario(report, "prefix-kv-sweep")
+    if x not in ("blocks", "mib"):
+        raise BenchError(f"x must be 'blocks' or 'mib', got {x!r}")
+    key = "kv_blocks" if x == "blocks" else "kv_mib"
+    rows = report["results"]
+    fig, (hit_ax, tps_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for policy, color in zip(report["setup"]["workload"]["policies"], ("tab:blue", "tab:orange", "tab:green"), strict=False):
+        mine = sorted((r for r in rows if r["prefix_caching"] and r["policy"] == policy), key=lambda r: r[key])
+        xs = [r[key] for r in mine]
+        hit_ax.plot(xs, [100 * r["hit_rate"] for r in mine], marker="o", color=color, label=policy)
+        tps_ax.plot(xs, [r["output_tok_per_s"] for r in mine], marker="o", color=color, label=policy)
+    for r in rows:
+        if not r["prefix_caching"]:
+            tps_ax.axhline(r["output_tok_per_s"], color="gray", linestyle="--", linewidth=1,
+                           label=f"caching off ({r['kv_blocks']:,} blocks)")
+    unit = f"KV cache (blocks of {report['setup'].get('block_size')} tokens)" if x == "blocks" else "KV cache (MiB)"
+    sizes = sorted({r[key] for r in rows})
+    for a, label in ((hit_ax, "prefix hit rate (%) ↑"), (tps_ax, "output tok/s ↑")):
+        a.set_xscale("log", base=2)
+        a.set_xticks(sizes, [f"{v:,.0f}" if v >= 10 else f"{v:.2g}" for v in sizes])
+        a.minorticks_off()
+        a.set_xlabel(unit)
+        a.set_ylabel(label)
+        a.grid(True, alpha=0.3)
+        a.legend(fontsize=8)
+    hit_ax.set_ylim(0, 100)
+    hit_ax.set_title("hit rate against KV memory", fontsize=9, loc="left")
+    tps_ax.set_title("throughput against KV memory", fontsize=9, loc="left")
+    fig.tight_layout()
+    _save(fig, path)
+    return fig
+
+
+def plot_multiturn(report: dict, path=None):
+    """`prefix multiturn`: two panels against the turn: TTFT p50 per engine spec (log scale), and the hit rate of
+    the turn's prompts per engine spec. Saved to `path` when given. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    _check_scenario(report, "prefix-multiturn")
+    fig, (ttft_ax, hit_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for r in report["results"]:
+        turns = [t["turn"] for t in r["turns"]]
+        label = r["engine"].replace(":", ":\n")
+        ttft_ax.plot(turns, [t["ttft_ms_p50"] for t in r["turns"]], marker="o", label=label)
+        hit_ax.plot(turns, [100 * t["hit_rate"] for t in r["turns"]], marker="o", label=label)
+    ttft_ax.set_yscale("log")
+    _plain_log_ticks(ttft_ax.yaxis)
+    ttft_ax.set_ylabel("TTFT p50 (ms) ↓")
+    hit_ax.set_ylabel("prefix hit rate of the turn's prompts (%) ↑")
+    hit_ax.set_ylim(0, 100)
+    for a in (ttft_ax, hit_ax):
+        a.set_xlabel("turn")
+        a.xaxis.get_major_locator().set_params(integer=True)
+        a.grid(True, alpha=0.3)
+        a.legend(fontsize=8)
+    w = report["setup"]["workload"]
+    ttft_ax.set_title(f"{w['conversations']} conversations, every turn at once", fontsize=9, loc="left")
+    fig.tight_layout()
+    _save(fig, path)
+    return fig
+
+
+def plot_prefix_ttft(report: dict, path=None):
+    """`prefix ttft`: grouped bars, one group per prompt length and one bar per engine spec, the median TTFT on a
+    log scale with its min–max over the rounds as an error bar, each bar labelled with its ms. Saved to `path` when
+    given. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    _check_scenario(report, "prefix-ttft")
+    rows = report["results"]
+    lengths = list(dict.fromkeys(r["length"] for r in rows))
+    specs = list(dict.fromkeys(r["engine"] for r in rows))
+    by = {(r["length"], r["engine"]): r for r in rows}
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(lengths) * len(specs)), 4.5))
+    width = 0.8 / len(specs)
+    for j, spec in enumerate(specs):
+        xs = [i + (j - (len(specs) - 1) / 2) * width for i in range(len(lengths))]
+        mine = [by[(n, spec)] for n in lengths]
+        med = [r["ttft_ms"] for r in mine]
+        err = [[m - r["ttft_ms_min"] for m, r in zip(med, mine, strict=True)],
+               [r["ttft_ms_max"] - m for m, r in zip(med, mine, strict=True)]]
+        bars = ax.bar(xs, med, width=width, yerr=err, capsize=3, label=spec.replace(":", ":\n"))
+        ax.bar_label(bars, labels=[f"{m:,.1f}" if m < 100 else f"{m:,.0f}" for m in med], fontsize=7, padding=2)
+    ax.set_yscale("log")
+    _plain_log_ticks(ax.yaxis)
+    ax.set_xticks(range(len(lengths)), [f"{n:,} tokens" for n in lengths])
+    ax.set_ylabel("TTFT (ms), median of the rounds ↓")
+    ax.set_title("a prompt cached but for its last block, against the same prompt uncached", fontsize=9, loc="left")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
     return fig

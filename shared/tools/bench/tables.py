@@ -1,7 +1,8 @@
 """What a run prints: `describe` (the setup in one sentence), `render_table` (the result table, compact or
 full, every header saying which way is better), `render_compare` (each engine of a saved run over the
 engine before it, figure by figure), `render_online` (the online workload's latencies, stalls and factors) and
-`render_attention` (the attention workload's prefill and decode tables)."""
+`render_attention` (the attention workload's prefill and decode tables), and the prefix cache's scenarios:
+`render_prefix_ttft`, `render_multiturn`, `render_kv_sweep`."""
 
 from __future__ import annotations
 
@@ -21,14 +22,16 @@ def describe(setup: dict) -> str:
     w = setup["workload"]
     if w["name"] == "attention":
         return _describe_attention(setup)
-    if w["name"] == "latency":
+    if w["name"].startswith("prefix-"):
+        load = _prefix_load(setup)
+    elif w["name"] == "latency":
         load = f"{w['num_requests']} requests one at a time, prompt {w['prompt_len']} → {w['output_len']} tokens"
     elif w["name"] == "online":
         load = _online_load(setup)
     else:
         span = _lohi
-        load = (f"{w['num_requests']} requests at once, prompt {span(w['prompt_len'])}, output {span(w['output_len'])}, "
-                f"max_num_seqs {setup.get('max_num_seqs') or 'default'}")
+        load = (f"{w['num_requests']} requests at once, {_prefix_words(w)}prompt {span(w['prompt_len'])}, "
+                f"output {span(w['output_len'])}, max_num_seqs {setup.get('max_num_seqs') or 'default'}")
         for key in ("max_model_len", "kv_cache_memory_bytes", "block_size"):
             if setup.get(key):
                 load += f", {key} {setup[key]:,}"
@@ -43,14 +46,45 @@ def _lohi(lo_hi) -> str:
     return f"{lo_hi[0]}" if lo_hi[0] == lo_hi[1] else f"{lo_hi[0]}–{lo_hi[1]}"
 
 
+def _prefix_words(w: dict) -> str:
+    """A shared prefix in front of every prompt, in words ("" without one)."""
+    n = w.get("prefix_len") or 0
+    if not n:
+        return ""
+    which = "one shared prefix" if w.get("num_prefixes", 1) == 1 else f"one of {w['num_prefixes']} prefixes (at random)"
+    return f"{which} of {n:,} tokens then "
+
+
+def _prefix_load(setup: dict) -> str:
+    """What a `prefix` scenario ran, in words."""
+    w, bs = setup["workload"], setup.get("block_size")
+    if w["name"] == "prefix-ttft":
+        return (f"TTFT (1 output token) of a prompt of {'/'.join(f'{n:,}' for n in w['lengths'])} tokens cached but for its "
+                f"last block: the same prompt with another last {bs} tokens ran just before; every round empties the "
+                f"cache first; against {setup.get('reference', 'the engines that do not cache')}; blocks of {bs}")
+    if w["name"] == "prefix-multiturn":
+        return (f"{w['conversations']} conversations × {w['turns']} turns, closed loop: a first prompt of "
+                f"{w['first_len']} tokens, each later turn the last prompt + its {w['output_len']}-token answer + "
+                f"{w['user_len']} new tokens; each turn every conversation at once; every round from an empty cache; "
+                f"blocks of {bs}, max_num_seqs {setup.get('max_num_seqs') or 'default'}")
+    per = setup.get("kv_bytes_per_token")
+    load = (f"{w['num_requests']} requests at once, {_prefix_words(w)}prompt {_lohi(w['prompt_len'])}, output "
+            f"{_lohi(w['output_len'])}; m6_prefix with {' / '.join(f'{b:,}' for b in w['kv_blocks'])} KV blocks of {bs} "
+            f"tokens{f' ({per:,} bytes a token)' if per else ''}, policies {' '.join(w['policies'])}")
+    if w.get("baseline"):
+        load += ", and caching off at the largest size"
+    return load + f"; max_model_len {setup.get('max_model_len'):,}, max_num_seqs {setup.get('max_num_seqs') or 'default'}"
+
+
 def _online_load(setup: dict) -> str:
     w = setup["workload"]
     arrive = "at fixed times" if w.get("arrivals") else f"Poisson at {w['rate']:g}/s"
-    load = (f"{w['num_requests']} short requests arriving {arrive}, prompt {_lohi(w['prompt_len'])}, "
+    load = (f"{w['num_requests']} short requests arriving {arrive}, {_prefix_words(w)}prompt {_lohi(w['prompt_len'])}, "
             f"output {_lohi(w['output_len'])}")
     if w["num_long"]:
-        load += (f"; {w['num_long']} long prompt(s) of {_lohi(w['long_len'])} → {w['long_output_len']} tokens, evenly "
-                 f"spaced among them (short requests within {w['behind_s']:g} s after one are behind it)")
+        load += (f"; {w['num_long']} long prompt(s) of {_lohi(w['long_len'])}{' after the prefix' if w.get('prefix_len') else ''}"
+                 f" → {w['long_output_len']} tokens, evenly spaced among them (short requests within {w['behind_s']:g} s "
+                 f"after one are behind it)")
     load += (f"; replayed in wall-clock time, TTFT from the scheduled arrival; "
              f"max_num_seqs {setup.get('max_num_seqs') or 'default'}")
     for key in ("max_model_len", "kv_cache_memory_bytes"):
@@ -79,21 +113,31 @@ def _ratio(r: dict) -> str:
     return f"{r['ratio']:.2f}× {r['ratio_min']:.2f}–{r['ratio_max']:.2f}"
 
 
+def _has_hits(results: list[dict]) -> bool:
+    """Does some engine report a prefix-cache hit rate (M6 with caching on)? Then the tables get a hit % column."""
+    return any(r.get("prefix_hit_rate") is not None for r in results)
+
+
 def render_table(results: list[dict], setup: dict, full: bool = False) -> Table:
     """The result table. Compact (fits 80 columns): engine, median output tok/s, median ratio to the first
-    engine with its min–max over the repetitions, TTFT/TPOT p50, KV utilisation, preemptions. `full`:
-    every figure. Every header says which way is better."""
+    engine with its min–max over the repetitions, TTFT/TPOT p50, KV utilisation (or, when some engine reports
+    one, the prefix-cache hit rate in its place), preemptions. `full`: every figure, the prefix cache's too.
+    Every header says which way is better."""
     base = results[0]["engine"] if results else "?"
     if not full:
         t = Table(box=box.SIMPLE_HEAD, pad_edge=False, caption=f"{UP} higher is better · {DOWN} lower is better · "
                   f"ratio: median output tok/s over {base}'s in the same round, and min–max over the rounds",
                   caption_justify="left")
+        hits = _has_hits(results)  # then the prefix-cache hit rate takes KV utilisation's place (--full has both)
+        kv = (f"hit %\n{UP}", "prefix_hit_rate") if hits else (f"KV {UP}\nutil", "kv_mean_utilization")
+        if hits:
+            t.caption += " · hit %: prompt tokens found in the prefix cache (last round)"
         for col in ("engine", f"tok/s {UP}\nmedian", f"× {base} {UP}\nmed min–max", f"TTFT {DOWN}\np50 ms",
-                    f"TPOT {DOWN}\np50 ms", f"KV {UP}\nutil", f"preempt\n{DOWN}"):
+                    f"TPOT {DOWN}\np50 ms", kv[0], f"preempt\n{DOWN}"):
             t.add_column(col, justify="left" if col == "engine" else "right")
         for r in results:
             t.add_row(r["engine"], f"{r['output_tok_per_s']:,.1f}", _ratio(r), _ms(r, "ttft_ms_p50"), _ms(r, "tpot_ms_p50"),
-                      _fmt(r, "kv_mean_utilization", ".1%"), _fmt(r, "preemptions", "d"))
+                      _fmt(r, kv[1], ".1%"), _fmt(r, "preemptions", "d"))
         return t
     t = Table(box=box.SIMPLE_HEAD, pad_edge=False, caption=f"{UP} higher is better · {DOWN} lower is better",
               caption_justify="left")
@@ -114,6 +158,10 @@ def render_table(results: list[dict], setup: dict, full: bool = False) -> Table:
              ("KV used\npeak tok", lambda r: _fmt(r, "kv_peak_used_tokens", ",d")),
              (f"KV util {UP}\nmean", lambda r: _fmt(r, "kv_mean_utilization", ".1%")),
              (f"preempt {DOWN}", lambda r: _fmt(r, "preemptions", "d"))]
+    if _has_hits(results):
+        cols += [(f"prefix hit {UP}\nrate", lambda r: _fmt(r, "prefix_hit_rate", ".1%")),
+                 ("prefix hit\ntokens", lambda r: _fmt(r, "prefix_hit_tokens", ",d")),
+                 (f"evictions\n{DOWN}", lambda r: _fmt(r, "prefix_evictions", ",d"))]
     for name, _ in cols:
         t.add_column(name, justify="left" if name == "engine" else "right", no_wrap=True)
     for r in results:
@@ -182,8 +230,9 @@ def _factor(r: dict, key: str) -> str:
 def render_online(report: dict, full: bool = False) -> Table:
     """The online table. Compact (fits 80 columns): per engine spec TTFT p50/p99 (every request, from its scheduled
     arrival), TTFT p50 of the short requests behind a long prompt, ITL p50/p99, the longest stall, output tok/s, and
-    how many times better than the first spec (ITL p99, behind-long TTFT), medians of the rounds. `full`: also the
-    short and long requests' TTFT apart, tokens, steps and every factor."""
+    how many times better than the first spec (ITL p99, behind-long TTFT; when some spec reports a prefix-cache hit
+    rate, the hit rate in the place of the behind-long factor), medians of the rounds. `full`: also the short and
+    long requests' TTFT apart, tokens, steps, every factor and the hit rate."""
     results, setup = report["results"], report["setup"]
     base = results[0]["engine"] if results else "?"
     rounds = setup.get("repeat", 1)
@@ -192,6 +241,7 @@ def render_online(report: dict, full: bool = False) -> Table:
                       f"within {setup['workload']['behind_s']:g} s after a long prompt · stall: the longest gap between two "
                       f"tokens of a request · ×: how many times better than {base} in the same round, above 1 is better · "
                       f"bhd: behind"
+                      + (" · hit: prompt tokens found in the prefix cache" if _has_hits(results) else "")
                       + (f" · medians of {rounds} rounds, every round in the JSON" if rounds > 1 else ""))
     cols = [(f"TTFT\np50 {DOWN}", lambda r: _ms(r, "ttft_ms_p50")), (f"TTFT\np99 {DOWN}", lambda r: _ms(r, "ttft_ms_p99"))]
     if full:
@@ -203,6 +253,9 @@ def render_online(report: dict, full: bool = False) -> Table:
              (f"ITL\np50 {DOWN}", lambda r: _ms(r, "itl_ms_p50")), (f"ITL\np99 {DOWN}", lambda r: _ms(r, "itl_ms_p99")),
              (f"stall\nmax {DOWN}", lambda r: _ms(r, "max_stall_ms")),
              (f"tok/s\n{UP}", lambda r: _fmt(r, "output_tok_per_s", ",.1f" if full else ",.0f"))]
+    hits = _has_hits(results)
+    if hits and full:
+        cols.append((f"hit\n% {UP}", lambda r: _fmt(r, "prefix_hit_rate", ".1%")))
     if full:
         cols += [("output\ntokens", lambda r: _fmt(r, "output_tokens", ",d")), ("steps", lambda r: _fmt(r, "steps", ",d"))]
         labels = {"ttft_ms_p50": "TTFT p50", "ttft_ms_p99": "TTFT p99", "behind_long_ttft_ms_p50": "behind",
@@ -211,8 +264,10 @@ def render_online(report: dict, full: bool = False) -> Table:
         keys = [k for k in labels if any(k in (r.get("factors") or {}) for r in results)]
         cols += [(f"× {labels[k]}\n{UP}", lambda r, k=k: _factor(r, k)) for k in keys]
     else:
-        cols += [(f"× ITL\np99 {UP}", lambda r: _factor(r, "itl_ms_p99")),
-                 (f"× bhd\nTTFT {UP}", lambda r: _factor(r, "behind_long_ttft_ms_p50"))]
+        cols.append((f"× ITL\np99 {UP}", lambda r: _factor(r, "itl_ms_p99")))
+        # the prefix-cache hit rate, when some spec reports one, in the place of the behind-long factor (--full: both)
+        cols.append((f"hit\n% {UP}", lambda r: _fmt(r, "prefix_hit_rate", ".0%")) if hits else
+                    (f"× bhd\nTTFT {UP}", lambda r: _factor(r, "behind_long_ttft_ms_p50")))
     t.add_column("engine", overflow="fold", min_width=14)
     for name, _ in cols:
         t.add_column(name, justify="right", no_wrap=True)
@@ -333,3 +388,115 @@ def render_attention(report: dict) -> list[Table]:
             t.add_row(*(fn(r) for _, fn in cols))
         tables.append(t)
     return tables
+
+
+# -------------------------------------------------------------------------------------- prefix cache
+
+
+def _spec_cell(spec: str) -> str:
+    """An engine spec one option per line (m6_prefix:\\nenable_prefix_caching=False), as in the online table."""
+    return spec.replace(":", ":\n").replace(",", ",\n")
+
+
+def _times_cell(x: float | None, lo: float | None = None, hi: float | None = None) -> str:
+    if x is None:
+        return "–"
+    text = f"{x:,.1f}×" if x >= 10 else f"{x:.2f}×"
+    return text if lo is None or hi is None or lo == hi else f"{text}\n{_sig(lo)}–{_sig(hi)}"
+
+
+def render_prefix_ttft(report: dict) -> Table:
+    """`prefix ttft`: per length and engine spec, the median TTFT of the prompt cached but for its last block, its
+    min–max over the rounds, how many times sooner than the reference (an engine that does not cache, same round)
+    and the prompt tokens the engine found cached and computed."""
+    setup, rows = report["setup"], report["results"]
+    rounds = setup.get("repeat", 1)
+    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, caption_justify="left",
+              caption=f"{UP} higher is better · {DOWN} lower is better · TTFT of a prompt whose blocks but the last are "
+                      f"cached, from add_request to the step that returns its token · × {setup.get('reference', '?')}: "
+                      f"its TTFT over the engine's in the same round, median and min–max · hit: prompt tokens found "
+                      f"cached · run: prompt tokens computed" + (f" · medians of {rounds} rounds" if rounds > 1 else ""))
+    t.add_column("tokens", justify="right")
+    t.add_column("engine", overflow="fold", min_width=14)  # a long spec folds, one option per line
+    for name in (f"TTFT ms {DOWN}\nmed min–max", f"× ref {UP}\nmed min–max", "hit", f"run\n{DOWN}"):
+        t.add_column(name, justify="right", no_wrap=True)
+    previous = None
+    for r in rows:
+        if previous is not None and r["length"] != previous:
+            t.add_section()
+        previous = r["length"]
+        spread = "" if len(r.get("ttft_ms_rounds", [])) < 2 else f"\n{_sig(r['ttft_ms_min'])}–{_sig(r['ttft_ms_max'])}"
+        t.add_row(f"{r['length']:,}", _spec_cell(r["engine"]), _sig(r["ttft_ms"]) + spread,
+                  _times_cell(r.get("speedup"), r.get("speedup_min"), r.get("speedup_max")),
+                  _fmt(r, "hit_tokens", ",d"), _fmt(r, "computed_tokens", ",d"))
+    return t
+
+
+def render_multiturn(report: dict) -> Table:
+    """`prefix multiturn`: a row per turn (and one for all turns), the engines side by side as A, B, ... (named in
+    the caption): the hit rate of the turn's prompts, TTFT p50, the turn's wall time, and for each engine but the
+    reference how many times sooner its TTFT p50 is than the reference's."""
+    setup, results = report["setup"], report["results"]
+    letters = [chr(ord("A") + i) for i in range(len(results))]
+    ref = setup.get("reference", results[0]["engine"] if results else "?")
+    rounds = setup.get("repeat", 1)
+    names = " · ".join(f"{x} = {r['engine']}" for x, r in zip(letters, results, strict=True))
+    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, caption_justify="left",
+              caption=f"{names} · {UP} higher is better · {DOWN} lower is better · hit: prompt tokens found in the prefix "
+                      f"cache over the turn's prompt tokens · TTFT from submission, every conversation's turn at once · "
+                      f"× TTFT: {ref}'s TTFT p50 over the engine's · all: every turn's requests, total wall time"
+                      + (f" · medians of {rounds} rounds" if rounds > 1 else ""))
+    others = [(x, r) for x, r in zip(letters, results, strict=True) if r["engine"] != ref]
+    cols: list[tuple[str, object]] = [("turn", None), ("prompt\nmean", None)]
+    cols += [(f"hit %\n{x} {UP}", (r, "hit_rate", ".0%")) for x, r in zip(letters, results, strict=True)]
+    cols += [(f"TTFT p50\n{x} ms {DOWN}", (r, "ttft_ms_p50", "ms")) for x, r in zip(letters, results, strict=True)]
+    cols += [(f"wall s\n{x} {DOWN}", (r, "wall_s", ".2f")) for x, r in zip(letters, results, strict=True)]
+    cols += [(f"× TTFT\n{x} {UP}", (r, "ttft_speedup", "x")) for x, r in others]
+    for name, _ in cols:
+        t.add_column(name, justify="right", no_wrap=True)
+
+    def cell(row: dict, key: str, spec: str) -> str:
+        if spec == "ms":
+            return _ms(row, key)
+        if spec == "x":
+            return _times_cell(row.get(key))
+        return _fmt(row, key, spec)
+
+    turns = len(results[0]["turns"]) if results else 0
+    for i in range(turns):
+        first = results[0]["turns"][i]
+        t.add_row(str(first["turn"]), f"{first['prompt_len_mean']:,.0f}",
+                  *(cell(how[0]["turns"][i], how[1], how[2]) for _, how in cols[2:]))
+    t.add_section()
+    t.add_row("all", "", *(cell(how[0], how[1], how[2]) for _, how in cols[2:]))
+    return t
+
+
+def render_kv_sweep(report: dict) -> Table:
+    """`prefix kv-sweep`: a row per KV size and policy (and the caching-off baseline): hit rate, evictions,
+    preemptions, output tok/s, lpm's tok/s over fcfs's at the same size, TTFT p50/p99."""
+    setup, rows = report["setup"], report["results"]
+    rounds = setup.get("repeat", 1)
+    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, caption_justify="left", collapse_padding=True,
+              caption=f"{UP} higher is better · {DOWN} lower is better · blocks of {setup.get('block_size')} tokens · "
+                      f"hit: prompt tokens found in the prefix cache (a preempted request queries again when it "
+                      f"returns, and usually finds its own blocks) · evict: cached blocks reused for others · × fcfs: "
+                      f"lpm's tok/s over fcfs's at the same size · off: caching off, the baseline"
+                      + (f" · medians of {rounds} rounds" if rounds > 1 else ""))
+    cols = [("KV\nblocks", lambda r: f"{r['kv_blocks']:,}"), ("KV\nMiB", lambda r: _sig(r["kv_mib"])),
+            ("policy", lambda r: r["policy"] if r["prefix_caching"] else "off"),
+            (f"hit %\n{UP}", lambda r: _fmt(r, "hit_rate", ".1%")), (f"evict\n{DOWN}", lambda r: _fmt(r, "evictions", ",d")),
+            (f"pre-\nempt {DOWN}", lambda r: _fmt(r, "preemptions", ",d")),
+            (f"tok/s\n{UP}", lambda r: _fmt(r, "output_tok_per_s", ",.0f")),
+            (f"× fcfs\n{UP}", lambda r: _times_cell((r.get("vs_fcfs") or {}).get("output_tok_per_s"))),
+            (f"TTFT ms\np50 {DOWN}", lambda r: _ms(r, "ttft_ms_p50")), (f"TTFT ms\np99 {DOWN}", lambda r: _ms(r, "ttft_ms_p99"))]
+    for name, _ in cols:
+        t.add_column(name, justify="left" if name == "policy" else "right", no_wrap=True)
+    previous = None
+    for r in rows:
+        key = (r["kv_blocks"], r["prefix_caching"])
+        if previous is not None and key != previous:
+            t.add_section()
+        previous = key
+        t.add_row(*(fn(r) for _, fn in cols))
+    return t

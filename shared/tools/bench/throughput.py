@@ -11,7 +11,7 @@ import torch
 from shared.config import DTYPES
 from shared.sampling import SamplingParams
 from shared.tools.bench.checks import check_engines
-from shared.tools.bench.engines import _build_llm, _load_hf, _sync, serve
+from shared.tools.bench.engines import _build_llm, _load_hf, _sync, cold_start, serve
 from shared.tools.bench.progress import Reporter, Task
 from shared.tools.bench.results import Result, add_ratios
 from shared.tools.bench.workloads import ThroughputWorkload
@@ -31,6 +31,7 @@ class MilestoneRunner:
 
     def run(self, requests, task: Task | None) -> None:
         engine = self.llm.engine
+        cold_start(engine)  # M6: no prompt of the warm-up or of the previous round is cached
         stats = engine.stats
         if stats is not None:
             stats.reset()  # only this repetition's steps
