@@ -12,8 +12,8 @@ is least recently used first: `allocate` takes the block freed longest ago and o
 evicted, because only free blocks are in the queue.
 
 A freed block without a hash (a partly filled tail, or a cache miss that duplicated a cached block) holds
-nothing anyone can find, so it goes to the front of the queue and is reused first. vLLM appends every
-freed block at the back; putting the useless ones in front keeps cached blocks longer at no cost.
+nothing anyone can find, so it goes to the front of the queue and is reused first: cached blocks stay
+longer at no cost. (vLLM appended every freed block at the back until 2026, vllm-project/vllm#42656.)
 
 This is the operating system's page cache: freed pages stay readable until memory is needed.
 """

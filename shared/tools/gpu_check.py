@@ -17,6 +17,9 @@ the exit status is the GPU tests' status, or 1 if a later step failed):
 - online      bench_online.json: M4 against M5 (chunked prefill) on requests arriving over time, short ones decoding
               while long prompts of 2K-6K tokens arrive (shared/tools/bench/online.py): TTFT, ITL p99, the longest
               stall, throughput, on the Qwen3-0.6B shape in bf16.
+- prefix      bench_prefix_ttft.json and bench_prefix_chat.json: M6's prefix cache on the Qwen3-0.6B shape in bf16: a
+              prompt of 1K/4K tokens cached but for its last block against the same prompt uncached, and 128 requests
+              sharing a 1,024-token system prompt through M5 and M6 (shared/tools/bench/prefix.py).
 
 Sized to fit, with the machine's start, in the 15 minutes of device time a session gets; `--quick` shrinks
 every workload (fewer contexts, batches and rounds, fewer requests) for a rerun.
@@ -34,7 +37,7 @@ from pathlib import Path
 
 from shared.tools.milestones import ENGINES
 
-STEPS = ("tests", "kernels", "attention", "latency", "throughput", "online")
+STEPS = ("tests", "kernels", "attention", "latency", "throughput", "online", "prefix")
 MODEL = "random:qwen3-0.6b"
 
 
@@ -98,8 +101,19 @@ def _online(out: Path, quick: bool) -> None:
            "--max-num-seqs", "64", "--out", str(out / "bench_online.json")])
 
 
+def _prefix(out: Path, quick: bool) -> None:
+    from shared.tools.bench import main as bench
+
+    rounds, n = ("3", "64") if quick else ("5", "128")
+    bench(["prefix", "ttft", "--engines", "m6_prefix", "m6_prefix:enable_prefix_caching=False", "--model", MODEL,
+           "--device", "cuda", "--lengths", "1024", "4096", "--repeat", rounds, "--out", str(out / "bench_prefix_ttft.json")])
+    bench(["throughput", "--engines", "m5_chunked", "m6_prefix", "--model", MODEL, "--device", "cuda", "--prefix-len", "1024",
+           "--num-requests", n, "--prompt-len", "32:128", "--output-len", "32:64", "--max-num-seqs", "64",
+           "--max-model-len", "2048", "--repeat", "1", "--out", str(out / "bench_prefix_chat.json")])
+
+
 RUNNERS = {"tests": _tests, "kernels": _kernels, "attention": _attention, "latency": _latency, "throughput": _throughput,
-           "online": _online}
+           "online": _online, "prefix": _prefix}
 
 
 def main(out: Path, quick: bool = False, steps: tuple[str, ...] = STEPS) -> int:
