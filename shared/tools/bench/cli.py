@@ -165,30 +165,34 @@ def _output_console(full: bool = False) -> Console:
     return console if console.is_terminal else Console(width=80)
 
 
-def workload_first(argv: list[str]) -> list[str]:
+def name_first(argv: list[str], names) -> list[str]:
     """`--engines m2_batching m3_paged throughput` reads naturally, but `--engines` would swallow the workload:
-    move the first workload name to the front, where argparse expects it."""
-    if argv and argv[0] not in WORKLOADS:
+    move the first of `names` (the workloads, or `prefix`'s scenarios) to the front, where argparse expects it."""
+    if argv and argv[0] not in names:
         for i, arg in enumerate(argv):
-            if arg in WORKLOADS:
+            if arg in names:
                 return [arg, *argv[:i], *argv[i + 1:]]
     return argv
 
 
-def main(argv: list[str] | None = None) -> dict:
-    argv = workload_first(list(sys.argv[1:] if argv is None else argv))
-    if argv and argv[0] == "prefix":  # its scenarios have arguments of their own
-        from shared.tools.bench.prefix import main as prefix_main
-
-        return prefix_main(argv[1:])
-    args = parser().parse_args(argv)
+def guarded(run, args: argparse.Namespace) -> dict:
+    """`run(args)`, with a BenchError as one red line (exit 2) and Ctrl-C as one line (exit 130)."""
     try:
-        return _main(args)
+        return run(args)
     except BenchError as err:
         fail(str(err))
     except KeyboardInterrupt:
         Console(stderr=True).print("[red]interrupted[/red]")
         raise SystemExit(130) from None
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = name_first(list(sys.argv[1:] if argv is None else argv), WORKLOADS)
+    if argv and argv[0] == "prefix":  # its scenarios have arguments of their own
+        from shared.tools.bench.prefix import main as prefix_main
+
+        return prefix_main(argv[1:])
+    return guarded(_main, parser().parse_args(argv))
 
 
 def _reject(args: argparse.Namespace, names: tuple[str, ...], workload: str) -> None:

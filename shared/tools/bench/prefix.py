@@ -30,7 +30,7 @@ from rich.markup import escape
 
 from shared.config import DTYPES
 from shared.sampling import SamplingParams
-from shared.tools.bench.checks import BenchError, fail
+from shared.tools.bench.checks import BenchError
 from shared.tools.bench.engines import _build_llm, _sync, resolve_bench_model, serve
 from shared.tools.bench.machine import default_threads, machine_info
 from shared.tools.bench.online import check_specs
@@ -565,25 +565,11 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-def scenario_first(argv: list[str]) -> list[str]:
-    """`--engines a b ttft`: move the scenario to the front, where argparse expects it (as cli.workload_first)."""
-    if argv and argv[0] not in SCENARIOS:
-        for i, arg in enumerate(argv):
-            if arg in SCENARIOS:
-                return [arg, *argv[:i], *argv[i + 1:]]
-    return argv
-
-
 def main(argv: list[str] | None = None) -> dict:
     """`python -m shared.tools.bench prefix SCENARIO ...` (cli.main hands `prefix ...` here)."""
-    args = parser().parse_args(scenario_first(list(sys.argv[2:] if argv is None else argv)))
-    try:
-        return _main(args)
-    except BenchError as err:
-        fail(str(err))
-    except KeyboardInterrupt:
-        Console(stderr=True).print("[red]interrupted[/red]")
-        raise SystemExit(130) from None
+    from shared.tools.bench.cli import guarded, name_first
+
+    return guarded(_main, parser().parse_args(name_first(list(sys.argv[2:] if argv is None else argv), SCENARIOS)))
 
 
 def _main(args: argparse.Namespace) -> dict:
