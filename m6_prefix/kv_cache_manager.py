@@ -34,9 +34,9 @@ from shared.request import Sequence
 
 @dataclass
 class PrefixCacheStats:
-    """Counted since the last `take_stats()`: sequences admitted, their tokens, the tokens found cached."""
+    """Counted since the last `take_stats()`: tokens of the sequences admitted (a preempted one again when it
+    comes back), of them the tokens found cached, and evictions."""
 
-    queries: int = 0  # sequences admitted (a preempted one again when it comes back)
     queried_tokens: int = 0
     hit_tokens: int = 0
     evictions: int = 0  # cached blocks reused for something else
@@ -137,7 +137,6 @@ class KVCacheManager:
         self._computed[seq.seq_id] = len(hits) * self.block_size
         self._num_cached[seq.seq_id] = len(hits)
         if self.enable_prefix_caching:
-            self.stats.queries += 1
             self.stats.queried_tokens += seq.num_tokens
             self.stats.hit_tokens += len(hits) * self.block_size
 

@@ -31,7 +31,7 @@ from rich.markup import escape
 from shared.config import DTYPES
 from shared.sampling import SamplingParams
 from shared.tools.bench.checks import BenchError
-from shared.tools.bench.engines import _build_llm, _sync, resolve_bench_model, serve
+from shared.tools.bench.engines import _build_llm, _sync, cold_start, resolve_bench_model, serve
 from shared.tools.bench.machine import default_threads, machine_info
 from shared.tools.bench.online import check_specs
 from shared.tools.bench.progress import Reporter, Task
@@ -64,11 +64,6 @@ def _caches(llm) -> bool:
     return bool(getattr(llm.engine.stats, "prefix_caching", False))
 
 
-def _reset_cache(llm) -> None:
-    if hasattr(llm.engine, "reset_prefix_cache"):
-        llm.engine.reset_prefix_cache()
-
-
 def _random_ids(g: torch.Generator, n: int, vocab_size: int) -> list[int]:
     return torch.randint(16, vocab_size, (n,), generator=g).tolist()  # the first 16 ids: special tokens
 
@@ -98,16 +93,12 @@ def _setup(name: str, specs: list[str], model: str, device: str, dtype: str, rep
 
 
 def _build(spec: str, name: str, options: dict, model: str, device: str, dtype: str, common: dict):
-    """A milestone LLM from a spec: the common options, then the spec's own over them. Building an engine sets
-    torch's CPU threads to the engine default: the caller sets them back."""
-    threads = torch.get_num_threads()
+    """A milestone LLM from a spec: the common options, then the spec's own over them."""
     opts = {**{k: v for k, v in common.items() if v is not None}, **options}
     try:
-        llm = _build_llm(name, model, device, dtype, opts.pop("max_model_len", None), **opts)
+        return _build_llm(name, model, device, dtype, opts.pop("max_model_len", None), **opts)
     except ValueError as err:
         raise BenchError(f"{spec}: {err}") from None
-    torch.set_num_threads(threads)
-    return llm
 
 
 def _warm_up(llm, vocab_size: int, block_size: int) -> None:
@@ -118,7 +109,7 @@ def _warm_up(llm, vocab_size: int, block_size: int) -> None:
     sp = SamplingParams(temperature=0, max_tokens=2, ignore_eos=True)
     serve(llm, [(ids, sp)])
     serve(llm, [(ids, sp)])
-    _reset_cache(llm)
+    cold_start(llm.engine)
 
 
 def _median(values: list) -> float | None:
@@ -298,7 +289,7 @@ def run_multiturn(specs: list[str], model: str, device: str, dtype: str, convers
         for rep in range(repeat):
             prompts, tasks, walls, done = {}, {}, dict.fromkeys(specs, 0.0), dict.fromkeys(specs, (0, 0))
             for spec, llm in zip(specs, llms, strict=True):
-                _reset_cache(llm)
+                cold_start(llm.engine)
                 llm.engine.stats.reset()
                 prompts[spec] = [list(p) for p in firsts]
                 rounds[spec].append([])
