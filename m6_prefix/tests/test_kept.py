@@ -8,5 +8,6 @@ from tests.kept.every import *  # noqa: F403
 from tests.kept.flash import *  # noqa: F403
 from tests.kept.long_context import *  # noqa: F403
 from tests.kept.paged import *  # noqa: F403
+from tests.kept.prefix import *  # noqa: F403
 
 ENGINE = "m6_prefix"

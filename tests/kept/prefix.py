@@ -1,9 +1,11 @@
-"""What M6 adds: full KV blocks cached by a chained hash of their prefix, reused by later requests.
+"""What every engine keeps from M6 on: full KV blocks cached by a chained hash of their prefix, reused by later
+requests. Each test builds the engine under test (m6_prefix, m7_gptq, ...) with `cached`, and takes its block
+pool, hash chain and scheduler from `engine_modules`.
 
 The hash chain (canonical, and a hit's parent and tokens are checked: an injected collision gives no wrong
 K/V); the block pool's LRU free queue (cached blocks evicted least recently freed first, blocks in use never);
 lookup on admission (the longest cached run, the last prompt token always computed). Parity: greedy output
-equals HuggingFace, m5, and m6 with caching off on few-shot, multi-turn and shared-system-prompt workloads,
+equals HuggingFace, m5, and the engine with caching off on few-shot, multi-turn and shared-system-prompt workloads,
 with the exact number of cached tokens each request should find; under tiny KV memory (evictions and
 preemptions); with n > 1 on cached blocks (copy-on-write). A randomized run checks the invariants after every
 action, and cached blocks hold the K/V a fresh computation of their prefix gives. Statistics, options, and
@@ -13,24 +15,40 @@ the cache-aware waiting order (lpm) with its fairness bound.
 from __future__ import annotations
 
 import functools
+import importlib
 import random
+import types
 
 import pytest
 import torch
 
-from m6_prefix import SamplingParams
-from m6_prefix.block_pool import BlockPool, NoFreeBlocksError
-from m6_prefix.prefix_hash import ROOT, extend_hashes, hash_block
 from shared.request import SequenceStatus
+from shared.sampling import SamplingParams
 from shared.tools.reference import hf_greedy, parity_prompts
 from shared.tools.testing import drain, hf_model, kv_bytes_per_token, prompt_ids, tiny_tokenizer
-from tests.kept.base import make_llm
+from tests.kept.base import engine_name, make_llm  # noqa: F401
 from tests.kept.batching import MAX_LEN, randomized_run
 
 NEW = 16  # tokens generated per request
 GREEDY = SamplingParams(temperature=0, max_tokens=NEW, ignore_eos=True)
 
-cached = functools.partial(make_llm, "m6_prefix")  # an m6 LLM on the bundled model, CPU, fp32
+
+@pytest.fixture
+def cached(engine_name):
+    """Builds an LLM of the engine under test on the bundled model, CPU, fp32, with the given options."""
+    return functools.partial(make_llm, engine_name)
+
+
+@pytest.fixture
+def engine_modules(engine_name):
+    """The engine under test's own prefix-caching parts: its block pool, its hash chain, its scheduler module."""
+    block_pool = importlib.import_module(f"{engine_name}.block_pool")
+    prefix_hash = importlib.import_module(f"{engine_name}.prefix_hash")
+    return types.SimpleNamespace(
+        BlockPool=block_pool.BlockPool, NoFreeBlocksError=block_pool.NoFreeBlocksError,
+        ROOT=prefix_hash.ROOT, extend_hashes=prefix_hash.extend_hashes, hash_block=prefix_hash.hash_block,
+        scheduler=importlib.import_module(f"{engine_name}.scheduler"),
+    )
 
 
 def token_ids(llm, prompts, params=GREEDY) -> list[list[list[int]]]:
@@ -52,7 +70,8 @@ def hit_tokens(llm) -> int:
 
 
 # -- the hash chain ---------------------------------------------------------------------------------------
-def test_block_hash_is_a_canonical_chain():
+def test_block_hash_is_a_canonical_chain(engine_modules):
+    ROOT, extend_hashes, hash_block = engine_modules.ROOT, engine_modules.extend_hashes, engine_modules.hash_block
     a = hash_block(ROOT, [1, 2, 3])
     assert a == hash_block(ROOT, (1, 2, 3)) and len(a) == 32
     assert len({a, hash_block(ROOT, [3, 2, 1]), hash_block(ROOT, [1, 2, 4]), hash_block(ROOT, [1, 2, 3, 0]),
@@ -68,35 +87,38 @@ def test_block_hash_is_a_canonical_chain():
 
 
 # -- the block pool ---------------------------------------------------------------------------------------
-def _key(i: int):
-    return ROOT, (i,) * 4
+def _key(root: bytes, i: int):
+    return root, (i,) * 4
 
 
-def test_freed_cached_blocks_are_evicted_least_recently_freed_first():
+def test_freed_cached_blocks_are_evicted_least_recently_freed_first(engine_modules):
+    BlockPool, NoFreeBlocksError = engine_modules.BlockPool, engine_modules.NoFreeBlocksError
+    ROOT, hash_block = engine_modules.ROOT, engine_modules.hash_block
     pool = BlockPool(4)
     blocks = [pool.allocate() for _ in range(3)]
-    hashes = [hash_block(ROOT, _key(i)[1]) for i in range(3)]
+    hashes = [hash_block(ROOT, _key(ROOT, i)[1]) for i in range(3)]
     for b, h, i in zip(blocks, hashes, range(3), strict=True):
-        assert pool.cache(b, h, _key(i))
+        assert pool.cache(b, h, _key(ROOT, i))
     for b in reversed(blocks):  # a sequence frees its tail first
         pool.decref(b)
     assert list(pool.free_queue) == [3, 2, 1, 0] and pool.num_cached_free == 3
     assert pool.allocate() == 3 and pool.num_evictions == 0  # the never-cached block goes first
-    assert pool.allocate() == 2 and pool.num_evictions == 1 and pool.lookup(hashes[2], _key(2)) is None
-    hit = pool.lookup(hashes[1], _key(1))
+    assert pool.allocate() == 2 and pool.num_evictions == 1 and pool.lookup(hashes[2], _key(ROOT, 2)) is None
+    hit = pool.lookup(hashes[1], _key(ROOT, 1))
     pool.touch(hit)  # a hit takes block 1 out of the free queue: it is in use, and cannot be evicted
     assert hit == 1 and pool.ref_counts[1] == 1 and 1 not in pool.free_queue
     assert pool.allocate() == 0 and pool.num_evictions == 2
     with pytest.raises(NoFreeBlocksError):
         pool.allocate()
     pool.decref(1)  # still cached after its last holder lets go
-    assert pool.lookup(hashes[1], _key(1)) == 1 and list(pool.free_queue) == [1]
+    assert pool.lookup(hashes[1], _key(ROOT, 1)) == 1 and list(pool.free_queue) == [1]
 
 
-def test_a_block_without_a_hash_is_reused_before_cached_ones():
+def test_a_block_without_a_hash_is_reused_before_cached_ones(engine_modules):
+    BlockPool, ROOT, hash_block = engine_modules.BlockPool, engine_modules.ROOT, engine_modules.hash_block
     pool = BlockPool(3)
     a, b, _c = (pool.allocate() for _ in range(3))
-    pool.cache(a, hash_block(ROOT, _key(0)[1]), _key(0))
+    pool.cache(a, hash_block(ROOT, _key(ROOT, 0)[1]), _key(ROOT, 0))
     pool.decref(a)
     pool.decref(b)  # never cached: holds nothing findable, so it goes to the front
     assert list(pool.free_queue) == [b, a]
@@ -104,21 +126,24 @@ def test_a_block_without_a_hash_is_reused_before_cached_ones():
         pool.decref(b)  # a reference count never goes below zero
 
 
-def test_a_hash_match_with_other_tokens_is_a_collision_not_a_hit():
+def test_a_hash_match_with_other_tokens_is_a_collision_not_a_hit(engine_modules):
+    BlockPool, ROOT, hash_block = engine_modules.BlockPool, engine_modules.ROOT, engine_modules.hash_block
     pool = BlockPool(2)
     a, b = pool.allocate(), pool.allocate()
-    h = hash_block(ROOT, _key(0)[1])
-    assert pool.cache(a, h, _key(0))
-    assert pool.lookup(h, _key(1)) is None and pool.num_collisions == 1
-    assert pool.cache(b, h, _key(0)) and pool.block_hashes[b] is None  # same key: a duplicate, left unnamed
-    assert not pool.cache(b, h, _key(1)) and pool.num_collisions == 2  # another key under a taken hash
+    h = hash_block(ROOT, _key(ROOT, 0)[1])
+    assert pool.cache(a, h, _key(ROOT, 0))
+    assert pool.lookup(h, _key(ROOT, 1)) is None and pool.num_collisions == 1
+    assert pool.cache(b, h, _key(ROOT, 0)) and pool.block_hashes[b] is None  # same key: a duplicate, left unnamed
+    assert not pool.cache(b, h, _key(ROOT, 1)) and pool.num_collisions == 2  # another key under a taken hash
 
 
-def test_an_injected_collision_never_hands_out_wrong_kv():
+def test_an_injected_collision_never_hands_out_wrong_kv(cached, engine_modules):
     """A hash that ignores the parent and sees only each token's parity collides all the time. A = [x | y] is
     cached; B = [x' | z], where x' differs from x but has the same parities: its first block collides with A's
     (the token check refuses the hit), and it must not cache its later blocks, whose hashes chain through the
     collision. Otherwise D = [x | z] would find A's first block, then B's second block computed after x'."""
+    ROOT, hash_block = engine_modules.ROOT, engine_modules.hash_block
+
     def parity_hash(parent, token_ids, extra=b""):
         return hash_block(ROOT, [t % 2 for t in token_ids])
 
@@ -135,7 +160,7 @@ def test_an_injected_collision_never_hands_out_wrong_kv():
 
 # -- lookup on admission ------------------------------------------------------------------------------
 @pytest.mark.parametrize(("length", "hit", "computed"), [(48, 32, 16), (49, 48, 1), (40, 32, 8)])
-def test_the_last_prompt_token_is_always_computed(length, hit, computed):
+def test_the_last_prompt_token_is_always_computed(length, hit, computed, cached):
     """The same prompt twice: the second finds its full blocks cached, but always runs its last token, whose
     logits give the first output token (a whole-block prompt recomputes its last block)."""
     llm = cached(max_model_len=MAX_LEN, block_size=16)
@@ -167,7 +192,7 @@ def system_prompt() -> list[list[list[int]]]:
 
 
 @pytest.mark.parametrize("workload", [few_shot, system_prompt])
-def test_shared_prefixes_equal_hf_m5_and_no_caching(workload):
+def test_shared_prefixes_equal_hf_m5_and_no_caching(workload, cached):
     """Round 1 caches the prefix; round 2 finds it: each later request hits exactly its shared full blocks."""
     rounds = workload()
     llm, off = cached(max_model_len=MAX_LEN * 4), cached(max_model_len=MAX_LEN * 4, enable_prefix_caching=False)
@@ -181,7 +206,7 @@ def test_shared_prefixes_equal_hf_m5_and_no_caching(workload):
     assert hit_tokens(off) == 0 and "prefix_hit_rate" not in off.engine.stats.summary()
 
 
-def test_multi_turn_chats_find_the_previous_turns():
+def test_multi_turn_chats_find_the_previous_turns(cached):
     """Two conversations of three turns, interleaved: each turn's prompt is the previous prompt, the model's
     answer and a new user message. A turn finds everything of the previous turn that was computed, that is
     all but the answer's last token (sampled, never fed back), in whole blocks."""
@@ -207,7 +232,7 @@ def test_multi_turn_chats_find_the_previous_turns():
     assert later[0] / later[1] > 0.6
 
 
-def test_eviction_and_preemption_under_tiny_kv_memory_change_no_output():
+def test_eviction_and_preemption_under_tiny_kv_memory_change_no_output(cached):
     """Memory for 14 blocks of 16 tokens, and 18 requests of 40-90 tokens drawn from three shared prefixes:
     cached blocks are evicted to make room, sequences are preempted and come back (finding their own blocks
     still cached), and every output equals the run with memory to spare, and HF."""
@@ -228,7 +253,7 @@ def test_eviction_and_preemption_under_tiny_kv_memory_change_no_output():
     assert engine.kv.num_used_blocks == 0
 
 
-def test_n_completions_share_cached_blocks_and_copy_on_write():
+def test_n_completions_share_cached_blocks_and_copy_on_write(cached):
     """A 40-token prompt (2 full blocks + 8) runs once, then with n = 3: the parent finds its 2 cached blocks
     and computes the last 8 tokens; the siblings fork, so each cached block has 3 holders; the first decode
     copies the shared partial block for all but one. Greedy completions equal HF; seeded ones equal m5's."""
@@ -273,12 +298,12 @@ def shared_prefix_prompt(rng: random.Random, i: int) -> list[int]:
 
 
 @pytest.mark.parametrize(("seed", "policy"), [(0, "fcfs"), (1, "lpm"), (2, "fcfs")])
-def test_randomized_run_with_shared_prefixes_keeps_every_invariant(seed, policy):
+def test_randomized_run_with_shared_prefixes_keeps_every_invariant(seed, policy, cached, engine_name):
     """tests/kept/batching.py's random adds, aborts and steps under tiny KV memory, with prompts that share
     prefixes: reference counts equal the block tables holding each block, no block is both free and in use,
     the hash map matches the blocks' hashes and contents, every block comes back; prefixes were found and
-    evicted; greedy requests give the tokens of m6 without caching."""
-    specs, finished = randomized_run("m6_prefix", seed, prompt=shared_prefix_prompt, scheduling_policy=policy)
+    evicted; greedy requests give the tokens of the same engine without caching."""
+    specs, finished = randomized_run(engine_name, seed, prompt=shared_prefix_prompt, scheduling_policy=policy)
     kept = [(rid, ids, p) for rid, ids, p in specs if rid in finished and p.greedy]
     ref = cached(max_model_len=MAX_LEN, enable_prefix_caching=False).generate(
         [ids for _, ids, _ in kept], [p for _, _, p in kept], use_tqdm=False)
@@ -286,10 +311,11 @@ def test_randomized_run_with_shared_prefixes_keeps_every_invariant(seed, policy)
         assert [c.token_ids for c in finished[rid].outputs] == [c.token_ids for c in r.outputs], f"{rid} changed"
 
 
-def test_cached_blocks_hold_what_a_fresh_computation_of_their_prefix_gives():
+def test_cached_blocks_hold_what_a_fresh_computation_of_their_prefix_gives(cached, engine_modules):
     """After a mixed workload, every cached block whose whole chain is still cached: rebuild its prefix from the
     chain's tokens, compute that prefix alone (caching off), and compare the K/V of its last block (fp32,
     atol 1e-4: the same math in other batches)."""
+    ROOT = engine_modules.ROOT
     llm = cached(max_model_len=MAX_LEN, block_size=8)
     prompts = [prompt_ids(30, 1) + prompt_ids(n, 2 + n) for n in (5, 17, 40)]
     token_ids(llm, prompts)
@@ -317,7 +343,7 @@ def test_cached_blocks_hold_what_a_fresh_computation_of_their_prefix_gives():
 
 
 # -- statistics and options ---------------------------------------------------------------------------------
-def test_statistics_count_queries_hits_and_evictions():
+def test_statistics_count_queries_hits_and_evictions(cached):
     llm = cached(max_model_len=MAX_LEN, block_size=16, kv_cache_memory_bytes=8 * 16 * kv_bytes_per_token())
     a, b = prompt_ids(50, 1), prompt_ids(50, 2)
     token_ids(llm, [a])
@@ -335,7 +361,7 @@ def test_statistics_count_queries_hits_and_evictions():
     assert stats.prefix_hit_tokens == 48
 
 
-def test_caching_is_on_by_default_and_can_be_turned_off():
+def test_caching_is_on_by_default_and_can_be_turned_off(cached):
     on, off = cached(max_model_len=MAX_LEN), cached(max_model_len=MAX_LEN, enable_prefix_caching=False)
     prompt = prompt_ids(60, 3)
     for llm in (on, off):
@@ -353,7 +379,7 @@ def test_caching_is_on_by_default_and_can_be_turned_off():
         ({"scheduling_policy": "lpm", "enable_prefix_caching": False}, "needs enable_prefix_caching=True"),
     ],
 )
-def test_bad_prefix_options(options, message):
+def test_bad_prefix_options(options, message, cached):
     with pytest.raises(ValueError, match=message):
         cached(max_model_len=256, **options)
 
@@ -375,10 +401,9 @@ def admission_order(engine) -> list[str]:
     ("lpm", 32, ["a1", "a2", "b1", "b2"]),  # the cached prefix first, arrival order among equals
     ("lpm", 1, ["a1", "b1", "a2", "b2"]),  # b1, overtaken once, may not be overtaken again
 ])
-def test_lpm_admits_the_longest_cached_prefix_first_within_the_fairness_bound(monkeypatch, policy, overtakes, expected):
-    import m6_prefix.scheduler
-
-    monkeypatch.setattr(m6_prefix.scheduler, "LPM_MAX_OVERTAKES", overtakes)
+def test_lpm_admits_the_longest_cached_prefix_first_within_the_fairness_bound(monkeypatch, policy, overtakes, expected,
+                                                                              cached, engine_modules):
+    monkeypatch.setattr(engine_modules.scheduler, "LPM_MAX_OVERTAKES", overtakes)
     llm = cached(max_model_len=MAX_LEN, max_num_seqs=1, scheduling_policy=policy)
     shared = prompt_ids(64, 1)
     token_ids(llm, [[*shared, 20]])  # caches the 4 blocks of `shared`
@@ -389,7 +414,7 @@ def test_lpm_admits_the_longest_cached_prefix_first_within_the_fairness_bound(mo
     assert admission_order(engine) == expected
 
 
-def test_lpm_gives_the_same_tokens_and_keeps_preempted_sequences_first():
+def test_lpm_gives_the_same_tokens_and_keeps_preempted_sequences_first(cached):
     """Under tiny memory with preemptions, lpm changes only the order: every output equals fcfs's, and a
     preempted sequence is re-admitted before any waiting one."""
     rng = random.Random(3)
