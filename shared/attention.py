@@ -68,3 +68,15 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
     qg = q.view(n_kv, -1, d)  # [kv_heads, group, d]
     scores = torch.matmul(qg, k.permute(1, 2, 0)) * (1.0 / math.sqrt(d))  # [kv_heads, group, Tk]
     return torch.matmul(scores.softmax(dim=-1), v.transpose(0, 1)).view(-1, d)  # [n_heads, d]
+
+
+class WholeSequenceAttention(AttentionBackend):
+    """Causal attention over one whole sequence per forward pass, without a KV cache: the model is called on
+    one sequence at a time (positions 0 .. T-1), so q, k and v are all of it. For offline passes that never
+    decode: perplexity, and M7's layer-by-layer calibration."""
+
+    name = "whole-sequence"
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_idx: int,
+                metadata: AttentionMetadata) -> torch.Tensor:
+        return causal_attention(q, k, v, q_start=0)

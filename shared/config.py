@@ -53,6 +53,7 @@ class ModelConfig:
     attention_bias: bool = False  # Qwen2 has biases on q/k/v projections
     eos_token_ids: tuple[int, ...] = ()
     model_type: str = "qwen3"
+    quant_method: str | None = None  # "gptq" for a checkpoint whose config.json has a quantization_config (M7)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -85,6 +86,7 @@ class ModelConfig:
                 if i not in eos:
                     eos.append(i)
         heads = check_int("num_attention_heads", cfg["num_attention_heads"], 1)
+        quant = cfg.get("quantization_config")
         return cls(
             vocab_size=cfg["vocab_size"],
             hidden_size=cfg["hidden_size"],
@@ -101,6 +103,7 @@ class ModelConfig:
             attention_bias=cfg.get("attention_bias", model_type == "qwen2"),
             eos_token_ids=tuple(eos),
             model_type=model_type,
+            quant_method=quant.get("quant_method", "gptq") if isinstance(quant, dict) else None,
         )
 
     @classmethod
@@ -112,6 +115,8 @@ class ModelConfig:
         config_file, gen_file = Path(path) / "config.json", Path(path) / "generation_config.json"
         cfg = _read_json_object(config_file)
         gen = _read_json_object(gen_file) if gen_file.exists() else None
+        if "quantization_config" not in cfg and (Path(path) / "quantize_config.json").is_file():
+            cfg = {**cfg, "quantization_config": {"quant_method": "gptq"}}  # AutoGPTQ kept it in its own file
         try:
             return cls.from_hf_dict(cfg, gen)
         except (ValueError, TypeError, ArithmeticError) as err:  # an ill-typed value can fail as TypeError

@@ -172,6 +172,9 @@ def load_model(name: str, dtype: torch.dtype, device: str | torch.device,
 
     path = resolve_model(name)
     config = ModelConfig.from_dir(path)
+    if config.quant_method and linear_factory is make_linear:
+        raise ModelFormatError(f"{path}: a {config.quant_method.upper()}-quantized checkpoint; this engine loads "
+                               f"full-precision weights only. Run it with m7_gptq, which loads GPTQ weights.")
     with torch.device("meta"):
         model = Qwen3ForCausalLM(config, linear_factory)
     model = model.to_empty(device=device).to(dtype)
@@ -180,15 +183,16 @@ def load_model(name: str, dtype: torch.dtype, device: str | torch.device,
     return model.eval(), config, path
 
 
-def load_for_engine(config):
+def load_for_engine(config, linear_factory: Callable[[int, int, bool], torch.nn.Module] = make_linear):
     """Everything an engine needs from disk: (model, ModelConfig, Tokenizer, max_model_len). On CPU it also
-    sets torch's thread count to `config.num_threads` (see shared.config.default_num_threads)."""
+    sets torch's thread count to `config.num_threads` (see shared.config.default_num_threads).
+    `linear_factory` builds the decoder's projections (m7: GPTQ layers)."""
     from shared.tokenizer import Tokenizer
 
     if config.device == "cpu":
         torch.set_num_threads(config.num_threads)
 
-    model, model_config, path = load_model(config.model, config.torch_dtype, config.device)
+    model, model_config, path = load_model(config.model, config.torch_dtype, config.device, linear_factory)
     limit = model_config.max_position_embeddings
     if config.max_model_len is not None and config.max_model_len > limit:
         raise ValueError(f"max_model_len {config.max_model_len} exceeds the model's max_position_embeddings {limit}")

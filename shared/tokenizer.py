@@ -33,7 +33,7 @@ class Tokenizer:
         self.vocab_size = len(self.hf)
 
     def encode(self, text: str) -> list[int]:
-        return self.hf(text, add_special_tokens=False)["input_ids"]
+        return self.hf(text, add_special_tokens=False, verbose=False)["input_ids"]  # our own checks name the limit
 
     def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str:
         return self.hf.decode(token_ids, skip_special_tokens=skip_special_tokens, clean_up_tokenization_spaces=False)

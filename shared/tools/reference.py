@@ -59,15 +59,11 @@ def hf_logits(hf_model, ids: list[int]) -> torch.Tensor:
 @torch.inference_mode()
 def our_logits(model, ids: list[int]) -> torch.Tensor:
     """The shared model's full-sequence logits [T, vocab] for one prompt, with a cache-free causal backend."""
-    from shared.attention import AttentionBackend, AttentionMetadata, causal_attention
-
-    class _Prefill(AttentionBackend):
-        def forward(self, q, k, v, layer_idx, metadata):
-            return causal_attention(q, k, v, q_start=0)
+    from shared.attention import AttentionMetadata, WholeSequenceAttention
 
     device = next(model.parameters()).device
     x = torch.tensor(ids, device=device)
-    hidden = model(x, torch.arange(len(ids), device=device), _Prefill(), AttentionMetadata())
+    hidden = model(x, torch.arange(len(ids), device=device), WholeSequenceAttention(), AttentionMetadata())
     return model.compute_logits(hidden)
 
 
@@ -113,7 +109,7 @@ def parity_prompts(tokenizer) -> list[str]:
 def held_out_prompt(tokenizer, num_tokens: int) -> list[int]:
     """`num_tokens` token ids of held-out text (standard-library files tiny-qwen3 never trained on, end to end):
     the long prompts of the 8K-context checks. Deterministic for a given Python version."""
-    from shared.tools.train_tiny import held_out_files
+    from shared.corpus import held_out_files
 
     ids: list[int] = []
     for path in held_out_files():

@@ -17,11 +17,12 @@ import ast
 import json
 import math
 import random
-import sysconfig
 import time
 from pathlib import Path
 
 import torch
+
+from shared.corpus import HELD_OUT_EVERY, stdlib_files
 
 ASSET_DIR = Path(__file__).parent.parent / "assets" / "tiny-qwen3"
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -31,13 +32,6 @@ CHAT_TEMPLATE = (
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
-
-
-def stdlib_files() -> list[Path]:
-    root = Path(sysconfig.get_paths()["stdlib"])
-    skip = ("test", "tests", "idle_test", "site-packages", "lib2to3", "__pycache__")
-    files = [p for p in sorted(root.rglob("*.py")) if not any(part in skip for part in p.relative_to(root).parts)]
-    return [p for p in files if 200 < p.stat().st_size < 400_000]
 
 
 def chat_examples(source: str) -> list[str]:
@@ -57,14 +51,6 @@ def chat_examples(source: str) -> list[str]:
                     f"<|im_start|>assistant\n{body}<|im_end|>\n"
                 )
     return out
-
-
-HELD_OUT_EVERY = 40  # every 40th standard-library file is never trained on
-
-
-def held_out_files() -> list[Path]:
-    """The files training never saw: evaluation text for perplexity and long-context prompts."""
-    return stdlib_files()[::HELD_OUT_EVERY]
 
 
 def build_corpus() -> tuple[list[str], list[str]]:
