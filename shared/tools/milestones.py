@@ -2,7 +2,7 @@
 
 import importlib
 
-ENGINES = ["m1_basic", "m2_batching", "m3_paged", "m4_flash", "m5_chunked", "m6_prefix"]
+ENGINES = ["m1_basic", "m2_batching", "m3_paged", "m4_flash", "m5_chunked", "m6_prefix", "m7_gptq"]
 
 
 def llm_class(name: str):
