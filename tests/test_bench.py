@@ -634,3 +634,64 @@ def test_prefix_tables_compare_and_plots(prefix_ttft_run, prefix_multiturn_run, 
     with pytest.raises(bench.BenchError):
         plot_multiturn(prefix_ttft_run[0])
     plt.close("all")
+
+
+# -- M7: quant scenarios, --engine-model ------------------------------------------------------------------
+@pytest.mark.parametrize("args", [
+    ["quant", "speed"],
+    ["quant", "decode", "--batch-sizes", "0"],
+    ["quant", "ppl", "--windows", "0"],
+    ["quant", "memory", "--group-size", "48"],  # the quantizer's own message
+    ["quant", "memory", "--model", "nope"],
+    ["throughput", "--engines", "m6_prefix", "--engine-model", "m7_gptq=tiny-qwen3"],  # not one of the run's engines
+    ["throughput", "--engines", "m6_prefix", "--engine-model", "m6_prefix"],
+    ["latency", "--engines", "m6_prefix", "--engine-model", "m6_prefix=tiny-qwen3"],
+])
+def test_quant_bad_arguments_exit_2_in_one_line(args, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main(args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and len(err.splitlines()) == 1, err
+
+
+def test_quant_memory_of_the_4_bit_layers(tmp_path, capsys):
+    from shared.tools.bench.quant import plot
+
+    report = bench.main(["quant", "memory", "--out", str(tmp_path / "memory.json")])
+    fp32, bf16, q32, q16 = report["rows"]
+    assert bf16["linear_vs_fp32"] == 0.5 and q16["model_bytes"] < q32["model_bytes"] < fp32["model_bytes"]
+    # 4 bits a weight, plus a bfloat16 scale-and-zero pair per 128 weights: 4.25 / 32
+    assert q32["linear_vs_fp32"] == pytest.approx(4.25 / 32, rel=1e-3) and q32["kernel"] == "cpu_int4"
+    assert json.loads((tmp_path / "memory.json").read_text())["rows"][2]["linear_bytes"] == q32["linear_bytes"]
+    assert "GPTQ g128" in capsys.readouterr().out
+    assert plot(report) is not None
+
+
+def test_engine_model_runs_one_engine_on_another_model(tmp_path):
+    from m7_gptq.quantize import main as quantize
+
+    gptq = str(tmp_path / "rtn")
+    assert quantize(["--out", gptq, "--method", "rtn"]) == 0
+    report = bench.main(["throughput", "--engines", "m6_prefix", "m7_gptq", "--engine-model", f"m7_gptq={gptq}",
+                         "--num-requests", "2", "--prompt-len", "8", "--output-len", "4", "--repeat", "1",
+                         "--max-model-len", "64", "--threads", "1"])
+    assert report["setup"]["engine_models"] == {"m7_gptq": gptq}
+    assert f"m7_gptq on {gptq}" in " ".join(bench.describe(report["setup"]).split())
+
+
+def test_quant_ppl_and_decode_tables_and_plots(capsys):
+    from shared.tools.bench.quant import PPL_CONFIGS, plot
+
+    ppl = bench.main(["quant", "ppl", "--num-samples", "2", "--seq-len", "64", "--windows", "4"])
+    assert [r["config"] for r in ppl["rows"]] == [label for label, _ in PPL_CONFIGS] and ppl["eval_tokens"] == 256
+    full = ppl["rows"][0]
+    assert full["vs_fp32"] == 0 and all(r["ppl"] > 1 for r in ppl["rows"])
+    decode = bench.main(["quant", "decode", "--batch-sizes", "1", "2", "--output-len", "4", "--rounds", "1"])
+    engines = {r["engine"] for r in decode["rows"]}
+    assert engines == {"float32 (m6)", "bfloat16 (m6)", "GPTQ cpu_int4 + float32 (m7)", "GPTQ cpu_int4 + bfloat16 (m7)",
+                       "GPTQ torch + float32 (m7)"}
+    assert all(r["decode_tok_s"] > 0 for r in decode["rows"]) and len(decode["rows"]) == 10
+    out = capsys.readouterr().out
+    assert "perplexity" in out and "decode tok/s" in out
+    assert plot(ppl) is not None and plot(decode) is not None

@@ -20,6 +20,9 @@ the exit status is the GPU tests' status, or 1 if a later step failed):
 - prefix      bench_prefix_ttft.json and bench_prefix_chat.json: M6's prefix cache on the Qwen3-0.6B shape in bf16: a
               prompt of 1K/4K tokens cached but for its last block against the same prompt uncached, and 128 requests
               sharing a 1,024-token system prompt through M5 and M6 (shared/tools/bench/prefix.py).
+- quant       bench_quant_decode.json: M7's GPTQ 4-bit weights on the Qwen3-0.6B shape: decode tok/s at batch 1, 32
+              and 64, bf16 on m6 against the 4-bit checkpoint on m7 with the Triton and torch kernels
+              (shared/tools/bench/quant.py).
 
 Sized to fit, with the machine's start, in the 15 minutes of device time a session gets; `--quick` shrinks
 every workload (fewer contexts, batches and rounds, fewer requests) for a rerun.
@@ -37,7 +40,7 @@ from pathlib import Path
 
 from shared.tools.milestones import ENGINES
 
-STEPS = ("tests", "kernels", "attention", "latency", "throughput", "online", "prefix")
+STEPS = ("tests", "kernels", "attention", "latency", "throughput", "online", "prefix", "quant")
 MODEL = "random:qwen3-0.6b"
 
 
@@ -112,8 +115,16 @@ def _prefix(out: Path, quick: bool) -> None:
            "--max-model-len", "2048", "--repeat", "1", "--out", str(out / "bench_prefix_chat.json")])
 
 
+def _quant(out: Path, quick: bool) -> None:
+    from shared.tools.bench import main as bench
+
+    rounds, output = ("2", "32") if quick else ("3", "128")
+    bench(["quant", "decode", "--model", MODEL, "--device", "cuda", "--batch-sizes", "1", "32", "64",
+           "--output-len", output, "--rounds", rounds, "--out", str(out / "bench_quant_decode.json")])
+
+
 RUNNERS = {"tests": _tests, "kernels": _kernels, "attention": _attention, "latency": _latency, "throughput": _throughput,
-           "online": _online, "prefix": _prefix}
+           "online": _online, "prefix": _prefix, "quant": _quant}
 
 
 def main(out: Path, quick: bool = False, steps: tuple[str, ...] = STEPS) -> int:

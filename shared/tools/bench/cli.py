@@ -1,8 +1,9 @@
-"""The command line: `python -m shared.tools.bench latency|throughput|online|attention|compare|prefix ...`. Parses
+"""The command line: `python -m shared.tools.bench latency|throughput|online|attention|compare|prefix|quant ...`. Parses
 the arguments (a mistake is one red line, exit status 2), builds the workload and the setup, runs the engines (or,
 for `attention`, one attention layer per M4 backend; for `online`, a replay of requests arriving over time),
 prints the table and writes the JSON of `--out` (a bare NAME.json goes to bench_results/). `prefix SCENARIO ...`
-(M6's prefix cache: ttft, multiturn, kv-sweep) has arguments of its own, parsed by prefix.py."""
+(M6's prefix cache: ttft, multiturn, kv-sweep) has arguments of its own, parsed by prefix.py, and so has
+`quant SCENARIO ...` (M7's GPTQ weights: memory, ppl, decode), parsed by quant.py."""
 
 from __future__ import annotations
 
@@ -81,7 +82,7 @@ def _positive_float(text: str) -> float:
     return x
 
 
-WORKLOADS = ("latency", "throughput", "online", "attention", "compare", "prefix")
+WORKLOADS = ("latency", "throughput", "online", "attention", "compare", "prefix", "quant")
 # the options only one kind of workload takes: given to the other, they are a mistake (one red line)
 ENGINE_OPTIONS = ("engines", "num_requests", "prompt_len", "output_len", "max_num_seqs", "max_model_len",
                   "kv_cache_memory_bytes", "full")
@@ -102,7 +103,8 @@ def parser() -> argparse.ArgumentParser:
                          "model's shape per M4 backend, prefill and decode at growing contexts, time and peak memory; "
                          "compare: ratios of a saved run (or an attention run's tables); prefix: M6's prefix "
                          "cache, scenarios ttft (a cached prompt's TTFT), multiturn (chats, hit rate per turn) and "
-                         "kv-sweep (hit rate against KV memory, fcfs vs lpm): see `prefix --help`")
+                         "kv-sweep (hit rate against KV memory, fcfs vs lpm): see `prefix --help`; quant: M7's GPTQ "
+                         "weights, scenarios memory, ppl and decode: see `quant --help`")
     ap.add_argument("result", nargs="?", help="compare: the JSON written by --out")
     ap.add_argument("--engines", nargs="+", default=None,
                     help=f"from {' '.join(ENGINE_NAMES)}; default: {ENGINES[-1]} hf (latency), "
@@ -128,6 +130,9 @@ def parser() -> argparse.ArgumentParser:
                          f"1 (latency, online), {DEFAULT_REPEAT} (attention)")
     ap.add_argument("--threads", type=_positive, default=None,
                     help=f"torch CPU threads (default: half the cores, here {default_threads()})")
+    ap.add_argument("--engine-model", action="append", default=None, metavar="ENGINE=MODEL",
+                    help="throughput: run ENGINE on MODEL instead of --model (for example m7_gptq=DIR, a GPTQ checkpoint "
+                         "of the same model; the chart's m7 bar); repeatable")
     ap.add_argument("--prefix-len", type=_count, default=None,
                     help="throughput and online: a shared prefix of N tokens (a system prompt) in front of every prompt, "
                          "the drawn prompt after it (default 0: none)")
@@ -192,6 +197,10 @@ def main(argv: list[str] | None = None) -> dict:
         from shared.tools.bench.prefix import main as prefix_main
 
         return prefix_main(argv[1:])
+    if argv and argv[0] == "quant":  # M7's: memory, ppl, decode
+        from shared.tools.bench.quant import main as quant_main
+
+        return quant_main(argv[1:])
     return guarded(_main, parser().parse_args(argv))
 
 
@@ -282,6 +291,24 @@ def _online(args: argparse.Namespace) -> dict:
     return report
 
 
+def _engine_models(given: list[str] | None, engines: list[str], workload: str) -> dict[str, str]:
+    """--engine-model ENGINE=MODEL, repeated -> {engine: model}, each engine one of the run's milestones."""
+    if not given:
+        return {}
+    if workload != "throughput":
+        raise BenchError(f"--engine-model applies to the throughput workload, not {workload}")
+    out: dict[str, str] = {}
+    for item in given:
+        name, eq, model = item.partition("=")
+        if not eq or not model:
+            raise BenchError(f"--engine-model takes ENGINE=MODEL, got {item!r}")
+        if name not in engines or name == "hf":
+            raise BenchError(f"--engine-model {item!r}: {name!r} is not one of the run's milestone engines ({' '.join(engines)})")
+        check_model(model)
+        out[name] = model
+    return out
+
+
 def _prefix_fields(args: argparse.Namespace) -> dict:
     """--prefix-len and --num-prefixes as workload fields (their defaults: no prefix, one)."""
     return {"prefix_len": args.prefix_len or 0, "num_prefixes": args.num_prefixes or 1}
@@ -352,6 +379,9 @@ def _main(args: argparse.Namespace) -> dict:
              "repeat": repeat, "engines": engines, "machine": machine_info(args.device), "date": time.strftime("%Y-%m-%d"),
              "workload": asdict(workload)}
     options = dict(max_num_seqs=args.max_num_seqs, kv_cache_memory_bytes=args.kv_cache_memory_bytes, block_size=args.block_size)
+    engine_models = _engine_models(args.engine_model, engines, args.workload)
+    if engine_models:
+        setup["engine_models"] = engine_models
     if args.workload == "throughput":
         _split_cuda_budget(engines, args.device, options)  # on CUDA: each engine's share, written down
         setup.update(max_model_len=args.max_model_len, **options)
@@ -363,7 +393,7 @@ def _main(args: argparse.Namespace) -> dict:
             results = add_ratios([r.summary() for r in run_latency(engines, model, args.device, dtype, workload, repeat)])
         else:
             results = run_throughput(engines, model, args.device, dtype, workload, max_model_len=args.max_model_len,
-                                     repeat=repeat, **options)
+                                     repeat=repeat, engine_models=engine_models, **options)
     except ValueError as err:  # the engines reject a bad option or a request that does not fit, before any work
         raise BenchError(str(err)) from None
     report = {"setup": setup, "results": results}

@@ -35,6 +35,8 @@ def describe(setup: dict) -> str:
         for key in ("max_model_len", "kv_cache_memory_bytes", "block_size"):
             if setup.get(key):
                 load += f", {key} {setup[key]:,}"
+        for engine, model in (setup.get("engine_models") or {}).items():
+            load += f", {engine} on {model}"
     m = setup.get("machine", {})
     where = m.get("gpu") or f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores"
     return (f"{w['name']} · {setup['model']} · {setup['device']} {setup['dtype']} · {where} · "

@@ -126,9 +126,10 @@ def _split_cuda_budget(engines: list[str], device: str, options: dict) -> None:
 
 def run_throughput(engines: list[str], model: str, device: str, dtype: str, workload: ThroughputWorkload,
                    max_model_len: int | None = None, repeat: int = 1, reporter: Reporter | None = None,
-                   **options) -> list[dict]:
+                   engine_models: dict[str, str] | None = None, **options) -> list[dict]:
     """Every engine serves the whole workload; each is built and warmed up once, then the engines run
     interleaved `repeat` times (A B A B ...), so that machine noise falls on all of them alike.
+    `engine_models` runs some engines on another model (m7_gptq on a GPTQ checkpoint of `model`).
     Returns one summary per engine (`output_tok_per_s` is the median over the repetitions)."""
     from shared.loader import resolve_model
     from shared.tokenizer import Tokenizer
@@ -137,7 +138,7 @@ def run_throughput(engines: list[str], model: str, device: str, dtype: str, work
     requests = workload.requests(Tokenizer(resolve_model(model)).vocab_size)
     _split_cuda_budget(engines, device, options)
     runners = [HFRunner(model, device, dtype, options.get("max_num_seqs") or 64) if e == "hf" else
-               MilestoneRunner(e, model, device, dtype, max_model_len, options) for e in engines]
+               MilestoneRunner(e, (engine_models or {}).get(e, model), device, dtype, max_model_len, options) for e in engines]
     for r in runners:
         r.warm_up(requests)
     reporter = reporter or Reporter()
