@@ -51,7 +51,7 @@ class TorchKernel:
 
     @staticmethod
     def prepare(layer) -> None:
-        layer.scales = layer.scales.to(torch.float16)  # as stored; a model-wide .to(dtype) may have widened it
+        pass  # the checkpoint's layout is the kernel's
 
     @staticmethod
     def forward(layer, x: torch.Tensor) -> torch.Tensor:

@@ -39,6 +39,14 @@ class GPTQLinear(nn.Module):
         self.register_buffer("g_idx", torch.empty(in_features, dtype=torch.int32))
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
 
+    def _apply(self, fn, recurse: bool = True):
+        # model.to(bfloat16) converts every floating buffer; the float16 scales must stay float16, or loading
+        # would round the checkpoint's scales to bfloat16's 8 significant bits
+        dtype = self.scales.dtype
+        super()._apply(fn, recurse)
+        self.scales = self.scales.to(dtype)
+        return self
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.kernel.forward(self, x)  # x: [T, in] -> [T, out]
 

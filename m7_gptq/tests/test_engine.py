@@ -130,3 +130,15 @@ def test_m7_carries_m6_files_unchanged_but_the_engine():
             continue
         m7 = ROOT / "m7_gptq" / m6.name
         assert m7.read_text() == m6.read_text().replace("m6_prefix", "m7_gptq"), f"m7_gptq/{m6.name} differs from m6's"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_scales_stay_as_the_checkpoint_stores_them(act_order_dir, dtype):
+    """A model-wide .to(dtype) must not round the float16 scales (bfloat16 keeps 8 significant bits of 11)."""
+    from safetensors import safe_open
+
+    model = LLM(model=act_order_dir, quant_kernel="torch", dtype=dtype, max_model_len=256).engine.model
+    layer = model.model.layers[1].mlp.down_proj
+    with safe_open(str(Path(act_order_dir, "model.safetensors")), "pt") as f:
+        stored = f.get_tensor("model.layers.1.mlp.down_proj.scales")
+    assert layer.scales.dtype == torch.float16 and torch.equal(layer.scales, stored)
