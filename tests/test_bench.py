@@ -58,6 +58,16 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
                           timeout=120)
 
 
+def exits_2_in_one_line(args: list[str], capsys) -> str:
+    """`bench.main(args)` refuses before any work: exit status 2 and one red line; returns the line."""
+    with pytest.raises(SystemExit) as e:
+        bench.main(args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and len(err.splitlines()) == 1, err
+    return err
+
+
 @pytest.mark.parametrize("args, says", [
     (["--engines", "m9_nope", "throughput"], "unknown engine 'm9_nope'"),  # the workload may follow --engines
     (["latency", "--model", "nope"], "nope"),
@@ -89,11 +99,7 @@ def test_user_mistakes_are_one_line_and_exit_2(args, says):
     ["attention", "--device", "cuda:0"] if not torch.cuda.is_available() else ["attention", "--device", "tpu"],
 ])
 def test_bad_arguments_exit_2_before_any_work(args, capsys):
-    with pytest.raises(SystemExit) as e:
-        bench.main(args)
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and len(err.splitlines()) == 1
+    exits_2_in_one_line(args, capsys)
 
 
 def test_compare_says_which_direction_is_better(tmp_path, capsys):
@@ -324,11 +330,7 @@ def test_online_specs():
     ["online", "--long-len", "600", "--max-model-len", "512", "--engines", "m4_flash"],  # does not fit
 ])
 def test_online_bad_arguments_exit_2(args, capsys):
-    with pytest.raises(SystemExit) as e:
-        bench.main(args)
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and len(err.splitlines()) == 1, err
+    exits_2_in_one_line(args, capsys)
 
 
 def test_online_bad_spec_is_one_line_from_the_command_line():
@@ -476,11 +478,7 @@ def test_prefix_shared_requests_are_a_prefix_then_the_usual_prompt():
     ["prefix", "ttft", "--model", "nope"],
 ])
 def test_prefix_bad_arguments_exit_2_in_one_line(args, capsys):
-    with pytest.raises(SystemExit) as e:
-        bench.main(args)
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and len(err.splitlines()) == 1, err
+    exits_2_in_one_line(args, capsys)
 
 
 def test_prefix_help_lists_the_scenarios(capsys):
@@ -648,11 +646,7 @@ def test_prefix_tables_compare_and_plots(prefix_ttft_run, prefix_multiturn_run, 
     ["latency", "--engines", "m6_prefix", "--engine-model", "m6_prefix=tiny-qwen3"],
 ])
 def test_quant_bad_arguments_exit_2_in_one_line(args, capsys):
-    with pytest.raises(SystemExit) as e:
-        bench.main(args)
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and len(err.splitlines()) == 1, err
+    exits_2_in_one_line(args, capsys)
 
 
 def test_quant_memory_of_the_4_bit_layers(tmp_path, capsys):
