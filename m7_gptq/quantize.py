@@ -31,6 +31,7 @@ from m7_gptq.packing import to_checkpoint
 from m7_gptq.quant_config import GPTQConfig
 from m7_gptq.quantizer import QuantizedWeight
 from shared.cli import print_error
+from shared.config import check_int, default_num_threads
 from shared.loader import checkpoint_files, load_model, open_checkpoint_file
 from shared.tokenizer import Tokenizer
 
@@ -53,7 +54,8 @@ def cli_parser() -> argparse.ArgumentParser:
     ap.add_argument("--damp-percent", type=float, default=0.01, help="dampening: fraction of H's mean diagonal added")
     ap.add_argument("--calibration", default=None, help="a text file to calibrate on (default: the training split)")
     ap.add_argument("--seed", type=int, default=0, help="shuffles the calibration files")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (default: OMP_NUM_THREADS if set, else half the cores, as the engines)")
     ap.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
     return ap
 
@@ -144,8 +146,7 @@ def run_quantize(args: argparse.Namespace, console: Console) -> Path:
     out = Path(args.out)
     if (out / "config.json").exists() and not args.overwrite:
         raise ValueError(f"{out} already holds a model (config.json); pass --overwrite to replace it")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(check_int("--threads", args.threads, 1) if args.threads is not None else default_num_threads())
     model, model_config, path = load_model(args.model, torch.float32, "cpu")
     if args.seq_len > model_config.max_position_embeddings:
         raise ValueError(f"--seq-len {args.seq_len} exceeds the model's context ({model_config.max_position_embeddings})")

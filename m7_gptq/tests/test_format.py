@@ -120,6 +120,7 @@ def test_cli_user_mistakes_are_one_line(gptq_dir, tmp_path, capsys):
         (["--out", str(tmp_path / "a"), "--group-size", "48"], "group_size must be one of"),
         (["--out", str(tmp_path / "b"), "--bits", "3"], "bits must be one of"),
         (["--out", str(tmp_path / "c"), "--num-samples", "0"], "--num-samples must be >= 1"),
+        (["--out", str(tmp_path / "c"), "--threads", "0"], "--threads must be an integer >= 1"),
         (["--out", str(tmp_path / "d"), "--calibration", str(tmp_path / "missing.txt")], "cannot be read"),
         (["--out", str(tmp_path / "e"), "--model", "no-such-model"], "unknown model"),
         (["--out", str(tmp_path / "f"), "--model", gptq_dir], "GPTQ-quantized checkpoint"),

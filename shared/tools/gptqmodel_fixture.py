@@ -11,8 +11,9 @@ model.safetensors, tokenizer files), `reference/logits.safetensors` (`input_ids`
 (versions, quantize settings, calibration, kernel class, dtype, command). GPTQModel's own log files (a `logs/`
 folder and `quant_log.csv`, with timings) are kept out of the fixture.
 
-Needs the optional `gptqmodel` package, which is not a dependency of this project: install it into a separate
-virtual environment, never the project's own (it pins numpy and pulls in datasets, torchao, ...):
+Needs the optional `gptqmodel` package (the `gptqmodel` extra of pyproject.toml pins the version), which is not a
+dependency of this project: install it into a separate virtual environment, never the project's own (it pins
+numpy and pulls in datasets, torchao, ...):
 
     python3.11 -m venv /work/gptqmodel-venv
     /work/gptqmodel-venv/bin/pip install torch==2.13.0          # CPU wheel first, then keep it pinned
