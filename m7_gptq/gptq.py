@@ -86,7 +86,9 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int = 4, gr
         for i in range(b1 - b0):
             col = b0 + i
             if col % size == 0:  # a new group: its grid is chosen on the weights as corrected so far
-                upcoming = torch.cat([block[:, i:], w[:, b1:]], dim=1)[:, :size]
+                upcoming = block[:, i:i + size]
+                if upcoming.shape[1] < size and b1 < cols:  # a group wider than what is left of the block
+                    upcoming = torch.cat([upcoming, w[:, b1:b1 + size - upcoming.shape[1]]], dim=1)
                 scale, zero = grid(upcoming, bits, sym)
                 scales.append(scale.half())
                 zeros.append(zero.int())

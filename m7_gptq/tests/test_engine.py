@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 
 from m7_gptq import LLM, SamplingParams
-from m7_gptq.quant_linear import GPTQLinear
 from m7_gptq.quantize import dequantize_checkpoint
 from shared.corpus import held_out_texts, token_stream
 from shared.loader import load_model
@@ -92,9 +91,7 @@ def test_perplexity_stays_within_3_percent_of_full_precision(gptq_dir):
 
 
 def test_linear_layers_take_a_sixth_of_their_float32_bytes(gptq_dir):
-    def linear_bytes(model) -> int:
-        layers = [m for m in model.model.layers.modules() if isinstance(m, torch.nn.Linear | GPTQLinear)]
-        return sum(t.numel() * t.element_size() for m in layers for t in (*m.parameters(), *m.buffers()))
+    from shared.tools.bench.quant import linear_bytes
 
     full = linear_bytes(load_model("tiny-qwen3", torch.float32, "cpu")[0])
     for kernel in ("torch", "cpu_int4"):
