@@ -67,11 +67,11 @@ class LLMEngine:
             # contiguous: reserve every position this request may ever use, up front
             need = min(len(self.current.prompt_token_ids) + self.current.params.max_tokens, self.max_model_len)
             self.cache = self.runner.allocate_cache(need)
-            token = self.runner.prefill(seq, self.cache)
+            token, logprobs = self.runner.prefill(seq, self.cache)
         else:
             seq = self.current.seqs[0]
-            token = self.runner.decode(seq, self.cache)
-        seq.append_token(token, self.model_config.eos_token_ids, self.max_model_len)
+            token, logprobs = self.runner.decode(seq, self.cache)
+        seq.append_token(token, self.model_config.eos_token_ids, self.max_model_len, logprobs)
         output = RequestOutput.from_request(self.current)
         if seq.is_finished:
             del self.requests[self.current.request_id]

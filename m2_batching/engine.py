@@ -73,12 +73,12 @@ class LLMEngine:
         batch = self.scheduler.schedule()
         if not batch.seqs:
             return []
-        tokens = self.runner.execute(batch, self.cache)
+        sampled = self.runner.execute(batch, self.cache)
         self.scheduler.update_after_step(batch)
         kv_used, kv_reserved = self.cache.used_tokens, self.cache.reserved_tokens  # while the batch holds them
         touched: dict[str, Request] = {}
-        for seq, token in zip(batch.seqs, tokens, strict=True):
-            seq.append_token(token, self.model_config.eos_token_ids, self.max_model_len)
+        for seq, (token, logprobs) in zip(batch.seqs, sampled, strict=True):
+            seq.append_token(token, self.model_config.eos_token_ids, self.max_model_len, logprobs)
             if seq.is_finished:
                 self.scheduler.finish(seq)
             touched[seq.request.request_id] = seq.request

@@ -14,7 +14,7 @@ import torch
 from m2_batching.attention import BatchedNaiveBackend, BatchMetadata
 from m2_batching.kv_cache import ContiguousKVCache
 from m2_batching.scheduler import ScheduledBatch
-from shared.sampling import Sampler
+from shared.sampling import Sampler, TokenLogprobs
 
 
 class ModelRunner:
@@ -24,8 +24,8 @@ class ModelRunner:
         self.sampler = Sampler()
 
     @torch.inference_mode()
-    def execute(self, batch: ScheduledBatch, cache: ContiguousKVCache) -> list[int]:
-        """Run the tokens the scheduler planned for each sequence; return one sampled token per sequence."""
+    def execute(self, batch: ScheduledBatch, cache: ContiguousKVCache) -> list[tuple[int, TokenLogprobs | None]]:
+        """Run the tokens the scheduler planned for each sequence; return one sampled token (and its log-probs) per sequence."""
         seqs, lens = batch.seqs, batch.num_new_tokens
         token_ids: list[int] = []
         positions: list[int] = []
@@ -42,5 +42,5 @@ class ModelRunner:
         hidden = self.model(input_ids, pos, self.backend, metadata)  # [T, hidden]
         last = torch.tensor(lens, device=self.device).cumsum(0) - 1  # each sequence's last token in the flat batch
         logits = self.model.compute_logits(hidden[last])  # [B, vocab]
-        params = [seq.request.params for seq in seqs]
-        return self.sampler(logits, params, [seq.generator for seq in seqs]).tolist()
+        out = self.sampler(logits, seqs)
+        return list(zip(out.token_ids.tolist(), out.logprobs, strict=True))

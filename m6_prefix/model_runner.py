@@ -25,7 +25,7 @@ from m6_prefix.kv_cache_manager import KVCacheManager
 from m6_prefix.scheduler import ScheduledBatch
 from shared.attention import AttentionBackend
 from shared.request import Sequence
-from shared.sampling import Sampler
+from shared.sampling import Sampler, TokenLogprobs
 
 
 class ModelRunner:
@@ -34,9 +34,10 @@ class ModelRunner:
         self.sampler = Sampler()
 
     @torch.inference_mode()
-    def execute(self, batch: ScheduledBatch, kv: KVCacheManager, cache: PagedKVCache) -> list[tuple[Sequence, int]]:
-        """Run every scheduled sequence's uncached tokens; return (sequence, sampled token) for each
-        sequence that samples this step: the scheduled ones, and the siblings forked from them."""
+    def execute(self, batch: ScheduledBatch, kv: KVCacheManager, cache: PagedKVCache,
+                ) -> list[tuple[Sequence, int, TokenLogprobs | None]]:
+        """Run every scheduled sequence's uncached tokens; return (sequence, sampled token, log-probs)
+        for each sequence that samples this step: the scheduled ones, and the siblings forked from them."""
         cache.copy_blocks(kv.take_copies())
         lens = batch.num_new_tokens
         token_ids: list[int] = []
@@ -66,5 +67,5 @@ class ModelRunner:
             return []
         last = torch.tensor(lens, device=self.device).cumsum(0) - 1  # each sequence's last token in the flat batch
         logits = self.model.compute_logits(hidden[last[torch.tensor(rows, device=self.device)]])  # [len(samplers), vocab]
-        tokens = self.sampler(logits, [s.request.params for s in samplers], [s.generator for s in samplers])
-        return list(zip(samplers, tokens.tolist(), strict=True))
+        out = self.sampler(logits, samplers)
+        return list(zip(samplers, out.token_ids.tolist(), out.logprobs, strict=True))

@@ -108,8 +108,8 @@ class LLMEngine:
         self.scheduler.update_after_step(batch)  # cached counts advance; n > 1 siblings fork
         kv_used, kv_blocks = self.kv.used_tokens, self.kv.num_used_blocks  # while the batch holds its blocks
         touched: dict[str, Request] = {}
-        for seq, token in sampled:
-            seq.append_token(token, self.model_config.eos_token_ids, self.max_model_len)
+        for seq, token, logprobs in sampled:
+            seq.append_token(token, self.model_config.eos_token_ids, self.max_model_len, logprobs)
             if seq.is_finished:
                 self.scheduler.finish(seq)
             touched[seq.request.request_id] = seq.request

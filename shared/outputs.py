@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shared.request import Request, Sequence
+from shared.sampling import TokenLogprobs
 
 
 def _visible_text(seq: Sequence) -> str:
@@ -23,6 +24,7 @@ class CompletionOutput:
     text: str
     token_ids: list[int]
     finish_reason: str | None  # "stop", "length", "abort", or None while still running
+    logprobs: list[TokenLogprobs] | None = None  # one per token of token_ids, when SamplingParams.logprobs is set
 
 
 @dataclass
@@ -62,7 +64,8 @@ class RequestOutput:
 
     @classmethod
     def from_request(cls, req: Request) -> RequestOutput:
-        outs = [CompletionOutput(s.index, _visible_text(s), list(s.output_token_ids), s.finish_reason) for s in req.seqs]
+        outs = [CompletionOutput(s.index, _visible_text(s), list(s.output_token_ids), s.finish_reason,
+                                 None if s.logprobs is None else list(s.logprobs)) for s in req.seqs]
         metrics = RequestMetrics(
             arrival_time=req.arrival_time,
             first_token_time=req.first_token_time,

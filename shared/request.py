@@ -22,7 +22,7 @@ from enum import Enum
 
 import torch
 
-from shared.sampling import SamplingParams
+from shared.sampling import SamplingParams, TokenLogprobs
 from shared.tokenizer import IncrementalDetokenizer, Tokenizer
 
 
@@ -56,6 +56,8 @@ class Sequence:
         self.detokenizer = IncrementalDetokenizer(tokenizer, request.prompt_token_ids)
         self.generator = generator
         self.num_preemptions = 0
+        # one entry per output token when the request asks for log-probabilities (SamplingParams.logprobs)
+        self.logprobs: list[TokenLogprobs] | None = None if request.params.logprobs is None else []
 
     def __repr__(self) -> str:
         return f"Sequence(id={self.seq_id}, {self.status.name}, tokens={self.num_tokens})"
@@ -105,10 +107,14 @@ class Sequence:
         self.request.on_sequence_finished()
         return self.detokenizer.flush()
 
-    def append_token(self, token_id: int, eos_token_ids: tuple[int, ...], max_model_len: int) -> str:
-        """Record a generated token, check every stop condition, and return the new text (a delta)."""
+    def append_token(self, token_id: int, eos_token_ids: tuple[int, ...], max_model_len: int,
+                     logprobs: TokenLogprobs | None = None) -> str:
+        """Record a generated token (and its log-probabilities, if the request asked), check every stop
+        condition, and return the new text (a delta)."""
         params = self.request.params
         self.output_token_ids.append(token_id)
+        if self.logprobs is not None and logprobs is not None:
+            self.logprobs.append(logprobs)
         self.request.on_token()
         if token_id in eos_token_ids and not params.ignore_eos:
             return self.finish("stop")

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from shared.sampling import Sampler, SamplingParams, sampling_probs
+from shared.tools.testing import sampling_rows
 
 
 @pytest.mark.parametrize(
@@ -62,4 +63,4 @@ def test_a_temperature_below_the_epsilon_is_greedy():
     params = [SamplingParams(temperature=1e-40), SamplingParams(temperature=1.0)]  # mixed: not all greedy
     assert torch.isfinite(sampling_probs(logits, params)).all()
     for seed in range(5):
-        assert Sampler()(logits, params, [torch.Generator().manual_seed(seed)] * 2)[0].item() == 1
+        assert Sampler()(logits, sampling_rows(params, [torch.Generator().manual_seed(seed)] * 2)).token_ids[0].item() == 1

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from shared.sampling import Sampler, SamplingParams, apply_top_k_top_p, sampling_probs
+from shared.tools.testing import sampling_rows
 
 
 def _kept(logits, k, p):
@@ -50,7 +51,7 @@ def test_temperature_scales_logits():
 
 def test_greedy_is_argmax():
     logits = torch.randn(4, 100)
-    out = Sampler()(logits, [SamplingParams(temperature=0)] * 4, [torch.Generator()] * 4)
+    out = Sampler()(logits, sampling_rows([SamplingParams(temperature=0)] * 4)).token_ids
     assert torch.equal(out, logits.argmax(-1))
 
 
@@ -62,12 +63,12 @@ def test_seed_reproduces_and_is_independent_of_batch():
         g = torch.Generator().manual_seed(7)
         others = [torch.Generator().manual_seed(100 + i) for i in range(batch_extra)]
         full = torch.cat([logits, torch.randn(batch_extra, 1000)])
-        return [Sampler()(full, [params] * (1 + batch_extra), [g, *others])[0].item() for _ in range(20)]
+        return [Sampler()(full, sampling_rows([params] * (1 + batch_extra), [g, *others])).token_ids[0].item() for _ in range(20)]
 
     a, b = draw(0), draw(5)
     assert a == b  # same seed -> same tokens, whatever else shares the batch
     g2 = torch.Generator().manual_seed(8)
-    c = [Sampler()(logits, [params], [g2]).item() for _ in range(20)]
+    c = [Sampler()(logits, sampling_rows([params], [g2])).token_ids.item() for _ in range(20)]
     assert a != c
 
 
@@ -80,7 +81,7 @@ def test_empirical_frequencies(k, p):
     n = 20_000
     g = torch.Generator().manual_seed(0)
     logits = target.log()[None].expand(n, -1).contiguous()
-    tokens = Sampler()(logits, [params] * n, [g] * n)
+    tokens = Sampler()(logits, sampling_rows([params] * n, [g] * n)).token_ids
     freq = torch.bincount(tokens, minlength=6).float() / n
     assert (freq - expected).abs().max() < 0.015
     assert freq[expected == 0].sum() == 0  # masked tokens are never drawn

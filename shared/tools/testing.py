@@ -7,6 +7,7 @@ the same ground truth.
 from __future__ import annotations
 
 import functools
+from types import SimpleNamespace
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,14 @@ from shared.tokenizer import Tokenizer
 from shared.tools.reference import hf_greedy, load_hf_model, parity_prompts, random_checkpoint
 
 NEW_TOKENS = 64  # every parity prompt generates at least this many tokens (EOS ignored)
+
+
+def sampling_rows(params, generators=None, prompt=(), outputs=None) -> list:
+    """Stand-ins for the sequences a `Sampler` reads: one per row, with its params, generator and tokens."""
+    generators = generators or [torch.Generator().manual_seed(i) for i in range(len(params))]
+    outputs = outputs or [[] for _ in params]
+    return [SimpleNamespace(request=SimpleNamespace(params=p), generator=g, prompt_token_ids=list(prompt),
+                            output_token_ids=list(o)) for p, g, o in zip(params, generators, outputs, strict=True)]
 
 
 @functools.cache
