@@ -26,6 +26,7 @@ import torch
 from shared.config import SEED_LIMIT, check_int
 
 SAMPLING_EPS = 1e-5  # a temperature below this is greedy (vLLM's _SAMPLING_EPS): logits / 1e-40 would overflow
+TOP_K_BEYOND_ANY_VOCAB = 2**31
 MAX_LOGPROBS = 20  # alternatives a token may report (OpenAI's top_logprobs and vLLM's default max_logprobs)
 
 
@@ -74,7 +75,9 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
         put("temperature", temperature)
         put("top_p", top_p)
-        put("top_k", max(0, check_int("top_k", self.top_k, -1, hint=" (0 or -1 disables it)")))
+        top_k = check_int("top_k", self.top_k, -1, hint=" (0 or -1 disables it)")
+        # a top_k beyond any vocabulary keeps every token, exactly as 0 does (and 10**30 would overflow a tensor)
+        put("top_k", 0 if top_k >= TOP_K_BEYOND_ANY_VOCAB else max(0, top_k))
         put("min_p", _in_range("min_p", self.min_p, 0.0, 1.0))
         put("presence_penalty", _in_range("presence_penalty", self.presence_penalty, -2.0, 2.0))
         put("frequency_penalty", _in_range("frequency_penalty", self.frequency_penalty, -2.0, 2.0))

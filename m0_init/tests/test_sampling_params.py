@@ -44,6 +44,7 @@ def test_defaults_and_normalisation():
     assert (p.temperature, p.top_k, p.top_p, p.max_tokens, p.seed, p.ignore_eos, p.stop) == (1.0, 0, 1.0, 16, None, False, None)
     assert SamplingParams(temperature=0).greedy and not p.greedy
     assert SamplingParams(top_k=-1).top_k == 0
+    assert SamplingParams(top_k=10**30).top_k == 0  # beyond any vocabulary: every token kept, no int64 overflow
     assert SamplingParams(stop="\n\n").stop == ("\n\n",)
     assert SamplingParams(seed=2**64 - 1).seed == 2**64 - 1
 

@@ -117,3 +117,17 @@ def held_out_prompt(tokenizer, num_tokens: int) -> list[int]:
         if len(ids) >= num_tokens:
             return ids[:num_tokens]
     raise ValueError(f"the held-out text has only {len(ids):,} tokens, fewer than {num_tokens:,}")
+
+
+@torch.inference_mode()
+def hf_greedy_scored(hf_model, prompt_ids: list[int], max_new_tokens: int, **generation) -> tuple[list[int], torch.Tensor]:
+    """HF `generate(do_sample=False, **generation)` for one prompt, EOS ignored (e.g. `repetition_penalty=1.3`): the
+    new tokens, and the raw logits [max_new_tokens, vocab] in float32 (before any logits processor, HF's
+    `output_logits`) each token was chosen from."""
+    from transformers import GenerationConfig
+
+    gen = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, min_new_tokens=0, eos_token_id=[], pad_token_id=0,
+                           return_dict_in_generate=True, output_logits=True, **generation)
+    x = torch.tensor([prompt_ids], device=next(hf_model.parameters()).device)
+    out = hf_model.generate(x, attention_mask=torch.ones_like(x), generation_config=gen)
+    return out.sequences[0, len(prompt_ids):].tolist(), torch.cat(out.logits).float()

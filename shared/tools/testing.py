@@ -7,8 +7,8 @@ the same ground truth.
 from __future__ import annotations
 
 import functools
-from types import SimpleNamespace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch

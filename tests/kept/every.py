@@ -3,15 +3,18 @@
 Greedy output must equal HuggingFace `generate(do_sample=False)` token for token: nine prompts (plain code,
 prose, two chat-templated, non-ASCII, one of ~730 tokens), 64 new tokens each, on the bundled trained model
 and on a random-weight Qwen3 of another shape (3 layers, 6 query heads over 2 KV heads, head_dim 32).
-Engines that batch run the nine prompts together, in one batch of mixed lengths.
+Engines that batch run the nine prompts together, in one batch of mixed lengths. With a repetition penalty,
+greedy output still equals HF's, and the reported log-probabilities are HF's raw ones (before the penalty).
 """
+
+import functools
 
 import pytest
 
 from shared.engine_api import Engine
 from shared.sampling import SamplingParams
-from shared.tools.reference import parity_prompts
-from shared.tools.testing import NEW_TOKENS, drain, hf_reference, tiny_tokenizer
+from shared.tools.reference import hf_greedy_scored, parity_prompts
+from shared.tools.testing import NEW_TOKENS, drain, hf_model, hf_reference, tiny_tokenizer
 from tests.kept.base import engine_name, llm, make_llm, options_of, tiny_llm  # noqa: F401
 
 GREEDY = SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True)
@@ -163,3 +166,31 @@ def test_max_model_len_caps_prompt_and_output(engine_name):
 def test_bad_options_are_clear_errors(engine_name, options, message):
     with pytest.raises(ValueError, match=message):
         make_llm(engine_name, **options)
+
+
+PENALIZED = SamplingParams(temperature=0, repetition_penalty=1.3, max_tokens=16, ignore_eos=True, logprobs=2)
+
+
+@functools.cache
+def _hf_penalized(prompt: str):
+    """HF's greedy tokens and raw logits for `prompt` under PENALIZED, computed once for every engine."""
+    return hf_greedy_scored(hf_model("tiny-qwen3"), tiny_tokenizer().encode(prompt), PENALIZED.max_tokens,
+                            repetition_penalty=PENALIZED.repetition_penalty)
+
+
+def test_penalties_and_logprobs_equal_hf(tiny_llm):
+    """Greedy with repetition_penalty=1.3 equals HF `generate(do_sample=False, repetition_penalty=1.3)` token for
+    token, and each token's log-probability, rank and top-2 are those of HF's raw logits (before the penalty)."""
+    prompt = parity_prompts(tiny_tokenizer())[1]  # a prompt whose 16 tokens the penalty changes, with clear margins
+    ref_tokens, ref_logits = _hf_penalized(prompt)
+    out = tiny_llm.generate(prompt, PENALIZED)[0].outputs[0]
+    assert out.token_ids == ref_tokens
+    assert len(out.logprobs) == len(ref_tokens)
+    logp = ref_logits.log_softmax(dim=-1)
+    for j, (got, token) in enumerate(zip(out.logprobs, ref_tokens, strict=True)):
+        assert got.token_id == token
+        assert abs(got.logprob - logp[j, token].item()) <= 1e-4, f"token {j}: {got.logprob} vs HF {logp[j, token].item()}"
+        assert got.rank == int((logp[j] > logp[j, token]).sum()) + 1, f"token {j}"
+        assert [t for t, _ in got.top] == logp[j].topk(2).indices.tolist(), f"token {j}"
+        assert all(abs(v - logp[j, t].item()) <= 1e-4 for t, v in got.top), f"token {j}"
+    assert any(got.rank > 1 for got in out.logprobs)  # the penalty did move greedy off the raw argmax
