@@ -26,6 +26,8 @@ also given as how many times better than the first spec; from Python, `run_onlin
 `prefix ttft|multiturn|kv-sweep` measures M6's prefix cache: a prompt cached but for its last block against the
 same prompt uncached, hit rate and TTFT per turn of many chats, and hit rate against KV memory for the fcfs and
 lpm waiting orders; `--prefix-len N` gives the throughput and online requests a shared prefix (a system prompt).
+`serve --launch m6_prefix --launch m5_chunked --rate 4` measures engines behind the HTTP server (`python -m
+shared.serve`) as clients see them: Poisson arrivals, streamed requests, TTFT, ITL and end-to-end percentiles.
 `attention` times one attention layer of the model's shape per M4 backend (naive, sdpa, triton, flash-attn)
 and measures its peak memory, each backend against naive in the same run; from Python, `run_attention(...)`
 returns the same dict that `--out` writes.
@@ -41,6 +43,7 @@ The files, one concept each:
     latency.py     run_latency: one request at a time, the engines interleaved
     online.py      engine specs, replay (arrivals in wall-clock time), replay_metrics, run_online, summary_only
     prefix.py      the prefix-cache scenarios: run_prefix_ttft, run_multiturn, run_kv_sweep
+    http_load.py   `serve`: Poisson load over HTTP against OpenAI-compatible servers (launched, or at --url)
     plots.py       plot_timeline (tokens per step around the long prompts), plot_tradeoff (TTFT vs ITL p99),
                    plot_prefix_ttft, plot_multiturn, plot_hit_rate_vs_kv
     attention.py   the attention workload: cases on a shuffled paged cache, time, peak memory, OOM prediction

@@ -1,9 +1,10 @@
-"""The command line: `python -m shared.tools.bench latency|throughput|online|attention|compare|prefix|quant ...`. Parses
+"""The command line: `python -m shared.tools.bench latency|throughput|online|attention|compare|prefix|quant|serve ...`. Parses
 the arguments (a mistake is one red line, exit status 2), builds the workload and the setup, runs the engines (or,
 for `attention`, one attention layer per M4 backend; for `online`, a replay of requests arriving over time),
 prints the table and writes the JSON of `--out` (a bare NAME.json goes to bench_results/). `prefix SCENARIO ...`
 (M6's prefix cache: ttft, multiturn, kv-sweep) has arguments of its own, parsed by prefix.py, and so has
-`quant SCENARIO ...` (M7's GPTQ weights: memory, ppl, decode), parsed by quant.py."""
+`quant SCENARIO ...` (M7's GPTQ weights: memory, ppl, decode), parsed by quant.py, and `serve ...` (a load over HTTP
+against an OpenAI-compatible server, running or launched: TTFT, ITL, E2E, throughput), parsed by serve.py."""
 
 from __future__ import annotations
 
@@ -82,7 +83,7 @@ def _positive_float(text: str) -> float:
     return x
 
 
-WORKLOADS = ("latency", "throughput", "online", "attention", "compare", "prefix", "quant")
+WORKLOADS = ("latency", "throughput", "online", "attention", "compare", "prefix", "quant", "serve")
 # the options only one kind of workload takes: given to the other, they are a mistake (one red line)
 ENGINE_OPTIONS = ("engines", "num_requests", "prompt_len", "output_len", "max_num_seqs", "max_model_len",
                   "kv_cache_memory_bytes", "full")
@@ -104,7 +105,9 @@ def parser() -> argparse.ArgumentParser:
                          "compare: ratios of a saved run (or an attention run's tables); prefix: M6's prefix "
                          "cache, scenarios ttft (a cached prompt's TTFT), multiturn (chats, hit rate per turn) and "
                          "kv-sweep (hit rate against KV memory, fcfs vs lpm): see `prefix --help`; quant: M7's GPTQ "
-                         "weights, scenarios memory, ppl and decode: see `quant --help`")
+                         "weights, scenarios memory, ppl and decode: see `quant --help`; serve: requests over HTTP to an "
+                         "OpenAI-compatible server (--url) or to servers it starts (--launch m6_prefix ...), Poisson "
+                         "arrivals, TTFT / ITL / E2E and throughput: see `serve --help`")
     ap.add_argument("result", nargs="?", help="compare: the JSON written by --out")
     ap.add_argument("--engines", nargs="+", default=None,
                     help=f"from {' '.join(ENGINE_NAMES)}; default: {ENGINES[-1]} hf (latency), "
@@ -201,6 +204,10 @@ def main(argv: list[str] | None = None) -> dict:
         from shared.tools.bench.quant import main as quant_main
 
         return quant_main(argv[1:])
+    if argv and argv[0] == "serve":  # a load over HTTP: its own arguments
+        from shared.tools.bench.http_load import main as serve_main
+
+        return serve_main(argv[1:])
     return guarded(_main, parser().parse_args(argv))
 
 
