@@ -60,6 +60,10 @@ def test_requests_are_the_same_for_the_same_seed_and_do_not_depend_on_the_rate()
     assert {r.input_len for r in a} == set(range(3, 10))  # uniform over the whole range
     chat = http_load.plan_requests(3, (4, 4), (2, 2), seed=1, rate=4.0, tokenizer=tok, chat=True)
     assert all(isinstance(r.prompt, str) and len(r.prompt.split()) == 4 for r in chat)
+    shared = http_load.plan_requests(4, (3, 5), (2, 2), seed=1, rate=4.0, tokenizer=tok, prefix_len=7)
+    assert len({tuple(r.prompt[:7]) for r in shared}) == 1  # one system prompt in front of every request
+    assert all(r.input_len == len(r.prompt) and r.prompt[7:] == q.prompt for r, q in
+               zip(shared, http_load.plan_requests(4, (3, 5), (2, 2), seed=1, rate=4.0, tokenizer=tok), strict=True))
     words = http_load.plan_requests(3, (6, 6), (2, 2), seed=1, rate=4.0)  # no tokenizer: random words
     assert all(len(r.prompt.split()) == 6 and set(r.prompt.split()) <= set(http_load.WORDS) for r in words)
     body = http_load.request_body(a[0], "m", "completions")
@@ -137,8 +141,9 @@ def test_a_server_that_dies_at_start_is_one_line_with_its_last_words(capsys):
 def test_launched_server_every_request_completes_with_the_tokens_asked_for(tmp_path, capsys):
     out = tmp_path / "http_load.json"
     report = bench.main(["serve", "--launch", SPEC, "--num-requests", "6", "--input-len", "4:12", "--output-len", "3:8",
-                         "--rate", "40", "--seed", "1", "--out", str(out)])
+                         "--rate", "40", "--seed", "1", "--out", str(out), "--plot", str(tmp_path / "serve.png")])
     captured = capsys.readouterr()
+    assert (tmp_path / "serve.png").stat().st_size > 10_000  # the percentiles drawn
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(report))
     setup = saved["setup"]

@@ -678,3 +678,26 @@ def test_other_engines_serve_their_offline_output(name):
             assert kv_in_use(llm.engine) > 0
             stream.close()
             assert wait_until(lambda: idle(llm.engine, app), timeout=20)
+
+
+# -- 11. the command line ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--engine", "m9_future"], "argument --engine: invalid choice: 'm9_future'"),
+    (["--engine", "m6_prefix", "-O", "max_num_seq=4"], "unknown option(s) ['max_num_seq']"),
+    (["-O", "max_num_seqs"], "expected key=value, got 'max_num_seqs'"),
+    (["--max-queue", "0"], "expected a positive number, got '0'"),
+    (["--request-timeout", "soon"], "expected a positive number, got 'soon'"),
+    (["--shutdown-grace", "-1"], "--shutdown-grace must be >= 0, got -1"),
+    (["--model", "/no/such/model"], "/no/such/model"),
+    (["--port", "TAKEN"], "cannot listen on 127.0.0.1:"),
+    (["--port", "70000"], "--port must be in [0, 65536), got 70000"),
+])
+def test_command_line_mistakes_are_one_line_and_status_2(argv, says, capsys):
+    from shared.serve.cli import main
+
+    taken = socket.create_server(("127.0.0.1", 0))  # a port someone else holds
+    argv = [a.replace("TAKEN", str(taken.getsockname()[1])) for a in argv]
+    with taken:
+        assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and says in err and "\n" not in err, err

@@ -9,6 +9,7 @@ import argparse
 import importlib
 import os
 import re
+import socket
 import sys
 from typing import NoReturn
 
@@ -51,6 +52,16 @@ def engine_option(text: str) -> tuple[str, object]:
     return key, {"true": True, "false": False}.get(value.lower(), value)
 
 
+def check_address(host: str, port: int) -> None:
+    """Refuse a port that is taken or a host that does not resolve, in one line."""
+    if not 0 <= port < 65536:
+        raise ArgumentError(f"--port must be in [0, 65536), got {port}")
+    try:
+        socket.create_server((host, port)).close()
+    except OSError as e:
+        raise ArgumentError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="python -m shared.serve", description="Serve a milestone's engine over OpenAI's HTTP API.")
     ap.add_argument("--engine", default=SERVABLE[-1], choices=SERVABLE, metavar="ENGINE",
@@ -91,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.shutdown_grace < 0:
             raise ArgumentError(f"--shutdown-grace must be >= 0, got {args.shutdown_grace:g}")
+        check_address(args.host, args.port)  # before the model loads: a taken port fails in a second, not a minute
         import uvicorn  # the serve extra: pip install -e ".[serve]"
 
         from shared.serve.app import DrainingServer, ServerSettings, build_app
@@ -112,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     server = DrainingServer(config)
     try:
         server.run()
-    except OSError as e:  # the port is taken, the host does not resolve
-        err.print(Text.assemble(("error: ", "red"), f"cannot listen on {args.host}:{args.port}: {e}"), soft_wrap=True)
+    except (OSError, SystemExit):  # the port was taken meanwhile: uvicorn logs why and exits
+        err.print(Text.assemble(("error: ", "red"), f"cannot listen on {args.host}:{args.port}"), soft_wrap=True)
         return 2
     return 0 if server.started else 2
 

@@ -64,7 +64,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from shared.tools.bench.checks import BenchError
-from shared.tools.bench.cli import _length_range, _output_console, _Parser, _write, guarded
+from shared.tools.bench.cli import _length_range, _output_console, _Parser, _write, guarded, out_path
 from shared.tools.bench.machine import machine_info
 from shared.tools.bench.progress import Reporter
 from shared.tools.bench.results import _pct
@@ -117,6 +117,16 @@ def _at_least_one(kind):
     return parse
 
 
+def _at_least_zero(text: str) -> int:
+    try:
+        x = int(text)
+    except ValueError:
+        x = -1
+    if x < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return x
+
+
 def parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="python -m shared.tools.bench serve", description=__doc__.split("\n\n")[0])
     ap.add_argument("--url", default=None, help="a running server, e.g. http://127.0.0.1:8000")
@@ -132,6 +142,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--num-requests", type=_at_least_one(int), default=64, help="default 64")
     ap.add_argument("--input-len", type=_length_range, default=(32, 256), help="prompt tokens, N or LO:HI (default 32:256)")
     ap.add_argument("--output-len", type=_length_range, default=(32, 128), help="output tokens, N or LO:HI (default 32:128)")
+    ap.add_argument("--prefix-len", type=_at_least_zero, default=0,
+                    help="a shared prefix of N tokens (a system prompt) in front of every prompt (default 0)")
     ap.add_argument("--seed", type=int, default=0, help="the requests and the arrivals (default 0)")
     ap.add_argument("--max-concurrency", type=_at_least_one(int), default=None,
                     help="at most this many requests in flight, client side (default: no limit)")
@@ -142,6 +154,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--timeout", type=_at_least_one(float), default=600.0, help="seconds per request (default 600)")
     ap.add_argument("--startup-timeout", type=_at_least_one(float), default=300.0,
                     help="--launch: seconds a server may take to become ready (default 300)")
+    ap.add_argument("--plot", default=None, help="draw TTFT, ITL and E2E percentiles per server into this PNG")
     ap.add_argument("--out", default=None, help="write the JSON result here; a bare NAME.json goes to bench_results/")
     return ap
 
@@ -219,21 +232,30 @@ def poisson_arrivals(n: int, rate: float, seed: int) -> list[float]:
 
 
 def plan_requests(n: int, input_len: tuple[int, int], output_len: tuple[int, int], seed: int, rate: float,
-                  tokenizer=None, chat: bool = False) -> list[Planned]:
+                  tokenizer=None, chat: bool = False, prefix_len: int = 0) -> list[Planned]:
     """The workload, the same for every server given the same arguments. With a tokenizer the prompts are random
     ids (its vocabulary, not the first 16: special tokens), sent as ids to completions and decoded to text for
-    chat; without one, random words. The requests' generator is not the arrivals': another rate, same requests."""
+    chat; without one, random words. The requests' generator is not the arrivals': another rate, same requests.
+    `prefix_len` puts one shared prefix of that many tokens (a system prompt) in front of every prompt."""
     rng = random.Random(f"requests-{seed}")  # a str seed is hashed with sha512: the same in every process
+    shared_rng = random.Random(f"prefix-{seed}")
     arrivals = poisson_arrivals(n, rate, seed)
+
+    def draw(r: random.Random, length: int) -> list:
+        if tokenizer is None:
+            return [r.choice(WORDS) for _ in range(length)]
+        return [r.randrange(16, tokenizer.vocab_size) for _ in range(length)]
+
+    prefix = draw(shared_rng, prefix_len)
     planned = []
     for i, at in enumerate(arrivals):
         p, o = rng.randint(*input_len), rng.randint(*output_len)
+        ids = prefix + draw(rng, p)
         if tokenizer is None:
-            prompt: list[int] | str = " ".join(rng.choice(WORDS) for _ in range(p))
+            prompt: list[int] | str = " ".join(ids)
         else:
-            ids = [rng.randrange(16, tokenizer.vocab_size) for _ in range(p)]
             prompt = tokenizer.decode(ids) if chat else ids
-        planned.append(Planned(i, at, prompt, p, o))
+        planned.append(Planned(i, at, prompt, prefix_len + p, o))
     return planned
 
 
@@ -543,8 +565,9 @@ def describe_setup(setup: dict) -> str:
     rate = "all at once" if setup["rate"] == "inf" else f"Poisson at {setup['rate']:g} req/s"
     cap = f", at most {setup['max_concurrency']} in flight" if setup["max_concurrency"] else ""
     where = ", ".join(setup["engines"]) if setup["engines"] else setup["url"]
+    prefix = f"a shared {setup['prefix_len']}-token prefix + " if setup.get("prefix_len") else ""
     return (f"serve · {setup['model']} · {where} · {setup['num_requests']} requests {rate}{cap} · input "
-            f"{_lohi(setup['input_len'])} {setup['prompts']}, output {_lohi(setup['output_len'])} tokens (EOS ignored) · "
+            f"{prefix}{_lohi(setup['input_len'])} {setup['prompts']}, output {_lohi(setup['output_len'])} tokens (EOS ignored) · "
             f"/v1/{'chat/' if setup['endpoint'] == 'chat' else ''}completions, streamed · seed {setup['seed']} · "
             f"client {setup['machine'].get('cpu', '?')} · {setup['date']}")
 
@@ -677,7 +700,7 @@ def _measure(label: str, base: str, requests: list[Planned], warm: Planned, args
     async def go() -> dict:
         entry = await probe(base, args.model, headers)
         limit = entry.get("max_model_len")
-        need = args.input_len[1] + args.output_len[1]
+        need = args.prefix_len + args.input_len[1] + args.output_len[1]
         if isinstance(limit, int) and need > limit:
             raise BenchError(f"{label}: the longest request ({need:,} tokens, input + output) does not fit the server's "
                              f"max_model_len {limit:,}: shorten --input-len / --output-len")
@@ -724,14 +747,15 @@ def _main(args: argparse.Namespace) -> dict:
         check_model(args.model)
     tokenizer = _tokenizer(args)
     chat = args.endpoint == "chat"
-    requests = plan_requests(args.num_requests, args.input_len, args.output_len, args.seed, args.rate, tokenizer, chat)
+    requests = plan_requests(args.num_requests, args.input_len, args.output_len, args.seed, args.rate, tokenizer, chat,
+                             args.prefix_len)
     # the warm-up: a short request of its own (seed + 1), so that no measured prompt is cached before its turn
     warm = plan_requests(1, (args.input_len[0],) * 2, (2, 2), args.seed + 1, math.inf, tokenizer, chat)[0]
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     device = "cuda" if torch.cuda.is_available() else "cpu"
     setup = {"model": args.model, "url": args.url, "engines": [t[0] for t in targets], "rate": "inf" if args.rate == math.inf
              else args.rate, "num_requests": args.num_requests, "input_len": list(args.input_len),
-             "output_len": list(args.output_len), "seed": args.seed, "endpoint": args.endpoint,
+             "output_len": list(args.output_len), "prefix_len": args.prefix_len, "seed": args.seed, "endpoint": args.endpoint,
              "max_concurrency": args.max_concurrency, "timeout_s": args.timeout,
              "prompts": "random words" if tokenizer is None else "random token ids as text" if chat else "random token ids",
              "machine": machine_info(device), "date": time.strftime("%Y-%m-%d")}
@@ -758,4 +782,9 @@ def _main(args: argparse.Namespace) -> dict:
     report = {"setup": setup, "results": results}
     if args.out:
         _write(report, args.out)
+    if args.plot:
+        from shared.tools.bench.plots import plot_serve
+
+        plot_serve({f"{args.num_requests} requests, {setup['rate']} req/s": report}, out_path(args.plot))
+        console.print(f"wrote {escape(str(out_path(args.plot)))}", highlight=False)
     return report

@@ -205,3 +205,28 @@ def plot_prefix_ttft(report: dict, path=None):
     fig.tight_layout()
     _save(fig, path)
     return fig
+
+
+def plot_serve(reports: dict[str, dict], path=None):
+    """The serving load runs (`bench serve --out` JSONs) side by side: for each run (title -> report), TTFT, ITL and
+    end-to-end latency at p50, p90 and p99 per engine, on log scales. Returns the figure."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    figures = (("ttft_ms", "TTFT"), ("itl_ms", "ITL"), ("e2e_ms", "end to end"))
+    fig, axes = plt.subplots(len(reports), len(figures), figsize=(11, 3.1 * len(reports)), squeeze=False)
+    for row, (title, report) in zip(axes, reports.items(), strict=True):
+        for a, (key, name) in zip(row, figures, strict=True):
+            for r in report["results"]:
+                a.plot([50, 90, 99], [r[f"{key}_p{q}"] for q in (50, 90, 99)], marker="o", label=r["engine"])
+            a.set_yscale("log")
+            a.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+            a.yaxis.set_minor_formatter(NullFormatter())
+            a.set_xticks([50, 90, 99], ["p50", "p90", "p99"])
+            a.set_title(f"{title}: {name}", fontsize=9)
+            a.set_ylabel("ms")
+            a.grid(alpha=0.3, which="both")
+        row[0].legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+    return fig
