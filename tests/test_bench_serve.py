@@ -83,14 +83,14 @@ def _record(i: int, status: int = 200, chunks=(0.10, 0.12, 0.15), out: int = 3, 
 def test_summary_counts_refusals_and_failures_and_ratios_point_the_right_way():
     records = [_record(0), _record(1, chunks=(0.2, 0.3, 0.4)), _record(2, status=429, error="queue full"),
                _record(3, status=None, error="no answer within --timeout 1 s")]
-    s = http_load.summarize("a", records, duration=2.0)
+    s = http_load.summarize_load("a", records, duration=2.0)
     assert (s["completed"], s["refused"], s["failed"]) == (2, 1, 1)
     assert s["not_ok_by_status"] == {"429": 1, "no answer": 1}
     assert s["output_tokens"] == 6 and s["output_tok_per_s"] == 3.0 and s["total_tok_per_s"] == 7.0
     assert s["requests_per_s"] == 1.0
     assert s["ttft_ms_p50"] == pytest.approx(150.0) and s["e2e_ms_mean"] == pytest.approx(285.0)
     assert s["itl_ms_mean"] == pytest.approx((20 + 30 + 100 + 100) / 4)  # the gaps between text chunks, pooled
-    slower = http_load.summarize("b", [_record(0, chunks=(0.2, 0.24, 0.3))], duration=4.0)
+    slower = http_load.summarize_load("b", [_record(0, chunks=(0.2, 0.24, 0.3))], duration=4.0)
     http_load.add_serve_ratios([s, slower])
     assert s["ratios"]["output_tok_per_s"] == 1.0 and slower["ratio_to"] == "a"
     assert slower["ratios"]["output_tok_per_s"] == pytest.approx(0.25)  # < 1: worse (higher is better)

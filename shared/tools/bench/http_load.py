@@ -476,7 +476,7 @@ def latency_ms(xs: list[float]) -> dict:
     return out
 
 
-def summarize(label: str, records: list[Record], duration: float) -> dict:
+def summarize_load(label: str, records: list[Record], duration: float) -> dict:
     """One server's figures: counts, throughputs over the duration, and TTFT/ITL/E2E statistics of the completed
     requests; `requests` keeps every record."""
     figs = [r.figures() for r in records]
@@ -709,7 +709,7 @@ def _measure(label: str, base: str, requests: list[Planned], warm: Planned, args
             live = Live(reporter, label, len(requests))
             records, duration = await run_load(base, requests, args.model, args.endpoint, headers, args.timeout,
                                                args.max_concurrency, live)
-            s = summarize(label, records, duration)
+            s = summarize_load(label, records, duration)
             live.finish(s["completed"], s["output_tokens"], duration)
         s["served_engine"] = entry.get("engine")
         return s
