@@ -30,12 +30,11 @@ from contextlib import ExitStack, contextmanager
 import aiohttp
 import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from shared.sampling import SamplingParams
 from shared.serve.logs import JsonFormatter
 from shared.tools.milestones import llm_class
-from shared.tools.serving import kv_in_use, running_server, slowed, wait_until
+from shared.tools.serving import kv_in_use, metric, running_server, slowed, wait_until
 
 MODEL = "tiny-qwen3"
 PROMPT = "def fibonacci(n):"
@@ -166,17 +165,6 @@ def error_of(raw: bytes, status: int | None = None) -> dict:
     assert set(body) == {"error"} and {"message", "type", "param", "code"} <= set(body["error"]), body
     assert body["error"]["message"]
     return body["error"]
-
-
-def metric(url: str, name: str, **labels) -> float:
-    """The value of one Prometheus sample (`name` as exposed, e.g. vllm:prompt_tokens_total); 0 if absent."""
-    status, _, text = request(url, "GET", "/metrics")
-    assert status == 200
-    for family in text_string_to_metric_families(text.decode()):
-        for s in family.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                return s.value
-    return 0.0
 
 
 def idle(engine, app) -> bool:

@@ -29,7 +29,7 @@ import pytest
 from m6_prefix import LLM
 from shared.sampling import SamplingParams
 from shared.serve.async_engine import RequestStream
-from shared.tools.serving import kv_in_use, running_server, wait_until
+from shared.tools.serving import kv_in_use, metric, running_server, wait_until
 
 CLIENTS = 200  # concurrent streams per wave
 MAX_QUEUE = 150  # fewer than a wave: the rest must be refused, not queued
@@ -91,16 +91,6 @@ async def _wave(url: str, wave: int) -> list[dict]:
         return await asyncio.gather(*[_client(session, url, i, wave) for i in range(CLIENTS)])
 
 
-def _metric(text: str, name: str, **labels) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            head, value = line.rsplit(" ", 1)
-            if head.split("{")[0] == name:
-                total += float(value)
-    return total
-
-
 @pytest.fixture(scope="module")
 def engine():
     return LLM(model="tiny-qwen3").engine
@@ -140,18 +130,13 @@ def test_waves_of_concurrent_streams_lose_nothing_and_leak_nothing(engine):
             assert not [o for o in gc.get_objects() if type(o) is RequestStream]
             rss.append(_rss_mib() or 0.0)
             wave += 1
-        metrics = asyncio.run(_get(f"{url}/metrics"))
-    print(f"soak: {wave} waves of {CLIENTS} in {time.perf_counter() - started:.0f} s: {counts}; RSS MiB per wave {rss}")
-    assert counts["refused"] > 0 and counts["completed"] > 0 and counts["hung_up"] > 0, counts
-    assert _metric(metrics, "folovllm:requests_rejected_total", reason="queue_full") == counts["refused"]
-    assert _metric(metrics, "vllm:request_success_total", finished_reason="length") == counts["completed"]
-    assert _metric(metrics, "folovllm:requests_aborted_total") == counts["hung_up"]
+        print(f"soak: {wave} waves of {CLIENTS} in {time.perf_counter() - started:.0f} s: {counts}; RSS MiB per wave {rss}")
+        assert counts["refused"] > 0 and counts["completed"] > 0 and counts["hung_up"] > 0, counts
+        assert metric(url, "folovllm:requests_rejected_total", reason="queue_full") == counts["refused"]
+        assert metric(url, "vllm:request_success_total", finished_reason="length") == counts["completed"]
+        assert metric(url, "folovllm:requests_aborted_total") == counts["hung_up"]
     # flat memory: after the first two waves (allocator and caches warm), resident memory grows by less than
     # 64 MiB however many waves run (one wave moves ~2,400 tokens through ~200 connections)
     if rss[-1] and len(rss) > 2:
         assert rss[-1] - rss[1] < 64, rss
 
-
-async def _get(url: str) -> str:
-    async with aiohttp.ClientSession() as session, session.get(url) as r:
-        return await r.text()

@@ -103,8 +103,13 @@ def build_app(engine: Engine, settings: ServerSettings) -> FastAPI:
     def begin_shutdown() -> None:
         """Called from a signal handler (any thread): stop admitting, drain, then abort what is left."""
         loop = getattr(app.state, "loop", None)
-        if loop is not None:
-            loop.call_soon_threadsafe(lambda: loop.create_task(app.state.engine.shutdown(settings.shutdown_grace)))
+        if loop is None:
+            return
+
+        def drain() -> None:  # the task is kept on app.state: asyncio holds only a weak reference to a running task
+            app.state.drain = loop.create_task(app.state.engine.shutdown(settings.shutdown_grace))
+
+        loop.call_soon_threadsafe(drain)
 
     app.state.begin_shutdown = begin_shutdown
 

@@ -8,12 +8,14 @@ background thread, an engine slowed down step by step, and the KV memory an engi
         ...
 
     kv_in_use(engine)  # blocks (m3+), reserved token slots (m2), or positions (m1) held by unfinished requests
+    metric(url, "vllm:generation_tokens_total")  # one sample of /metrics
 """
 
 from __future__ import annotations
 
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -110,3 +112,17 @@ def wait_until(predicate, timeout: float = 30.0, interval: float = 0.02) -> bool
         if time.monotonic() > deadline:
             return False
         time.sleep(interval)
+
+
+def metric(url: str, name: str, **labels) -> float:
+    """The value of one Prometheus sample on the server at `url` (`name` as exposed, e.g. vllm:prompt_tokens_total,
+    read with prometheus-client's own parser); 0 if absent."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{url}/metrics", timeout=60) as r:
+        text = r.read().decode()
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    return 0.0

@@ -64,7 +64,17 @@ from rich.markup import escape
 from rich.table import Table
 
 from shared.tools.bench.checks import BenchError
-from shared.tools.bench.cli import _length_range, _output_console, _Parser, _write, guarded, out_path
+from shared.tools.bench.cli import (
+    _count,
+    _length_range,
+    _output_console,
+    _Parser,
+    _positive,
+    _positive_float,
+    _write,
+    guarded,
+    out_path,
+)
 from shared.tools.bench.machine import machine_info
 from shared.tools.bench.progress import Reporter
 from shared.tools.bench.results import _pct
@@ -105,28 +115,6 @@ def _rate(text: str) -> float:
     return x
 
 
-def _at_least_one(kind):
-    def parse(text: str):
-        try:
-            x = kind(text)
-        except ValueError:
-            x = 0
-        if not 1 <= x < math.inf:
-            raise argparse.ArgumentTypeError(f"expected a number >= 1, got {text!r}")
-        return x
-    return parse
-
-
-def _at_least_zero(text: str) -> int:
-    try:
-        x = int(text)
-    except ValueError:
-        x = -1
-    if x < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return x
-
-
 def parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="python -m shared.tools.bench serve", description=__doc__.split("\n\n")[0])
     ap.add_argument("--url", default=None, help="a running server, e.g. http://127.0.0.1:8000")
@@ -139,20 +127,20 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--tokenizer", default=None, help="--url: a tokenizer (model directory or bundled name) for the "
                                                       "prompt ids, when the served model is not one here")
     ap.add_argument("--rate", type=_rate, default=math.inf, help="requests per second, Poisson; inf: all at once (default)")
-    ap.add_argument("--num-requests", type=_at_least_one(int), default=64, help="default 64")
+    ap.add_argument("--num-requests", type=_positive, default=64, help="default 64")
     ap.add_argument("--input-len", type=_length_range, default=(32, 256), help="prompt tokens, N or LO:HI (default 32:256)")
     ap.add_argument("--output-len", type=_length_range, default=(32, 128), help="output tokens, N or LO:HI (default 32:128)")
-    ap.add_argument("--prefix-len", type=_at_least_zero, default=0,
+    ap.add_argument("--prefix-len", type=_count, default=0,
                     help="a shared prefix of N tokens (a system prompt) in front of every prompt (default 0)")
     ap.add_argument("--seed", type=int, default=0, help="the requests and the arrivals (default 0)")
-    ap.add_argument("--max-concurrency", type=_at_least_one(int), default=None,
+    ap.add_argument("--max-concurrency", type=_positive, default=None,
                     help="at most this many requests in flight, client side (default: no limit)")
     ap.add_argument("--endpoint", choices=tuple(ENDPOINTS), default="completions",
                     help="completions (/v1/completions, token ids) or chat (/v1/chat/completions, text)")
     ap.add_argument("--api-key", default=os.environ.get("FOLOVLLM_API_KEY"),
                     help="sent as 'Authorization: Bearer KEY' (and given to launched servers); default $FOLOVLLM_API_KEY")
-    ap.add_argument("--timeout", type=_at_least_one(float), default=600.0, help="seconds per request (default 600)")
-    ap.add_argument("--startup-timeout", type=_at_least_one(float), default=300.0,
+    ap.add_argument("--timeout", type=_positive_float, default=600.0, help="seconds per request (default 600)")
+    ap.add_argument("--startup-timeout", type=_positive_float, default=300.0,
                     help="--launch: seconds a server may take to become ready (default 300)")
     ap.add_argument("--plot", default=None, help="draw TTFT, ITL and E2E percentiles per server into this PNG")
     ap.add_argument("--out", default=None, help="write the JSON result here; a bare NAME.json goes to bench_results/")
@@ -182,7 +170,7 @@ def check_url(url: str) -> str:
 def parse_launch(spec: str) -> tuple[str, list[str]]:
     """`name` or `name:key=value,...` -> (engine, the server's extra arguments); names and keys checked here."""
     from shared.llm import engine_options
-    from shared.serve.cli import SERVABLE
+    from shared.serve.cli import SERVABLE, engine_option
     from shared.tools.milestones import llm_class
 
     name, _, rest = spec.partition(":")
@@ -192,15 +180,16 @@ def parse_launch(spec: str) -> tuple[str, list[str]]:
     allowed = [*engine_options(llm_class(name).engine_class), *SERVER_FLAGS]
     flags, seen = [], set()
     for item in rest.split(",") if rest else []:
-        key, eq, value = (s.strip() for s in item.partition("="))
-        if not eq or not key or not value:
-            raise BenchError(f"--launch {spec!r}: expected key=value, got {item!r}")
+        try:
+            key, value = engine_option(item)  # the server's own -O parser: the same rule for key=value
+        except argparse.ArgumentTypeError as err:
+            raise BenchError(f"--launch {spec!r}: {err}") from None
         if key in seen:
             raise BenchError(f"--launch {spec!r}: {key} given twice")
         if key not in allowed:
             raise BenchError(f"--launch {spec!r}: {name} takes no option {key}; it takes {', '.join(allowed)}")
         seen.add(key)
-        flags += [SERVER_FLAGS[key], value] if key in SERVER_FLAGS else ["-O", f"{key}={value}"]
+        flags += [SERVER_FLAGS[key], str(value)] if key in SERVER_FLAGS else ["-O", f"{key}={value}"]
     return name, flags
 
 
